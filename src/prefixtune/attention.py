@@ -1,0 +1,209 @@
+"""Attention with a prefix: ``softmax(Q·[P_K; K]ᵀ·scale + bias)·[P_V; V]``.
+
+Pure PyTorch, no transformers import. :func:`prefix_attention` is the kernel the Hugging Face
+injection calls for every layer; :class:`PrefixAttention` is a complete multi-head attention
+layer for people who write their own transformer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """``(B, H_kv, T, d) -> (B, H_kv*n_rep, T, d)``: each key/value head serves ``n_rep`` query heads."""
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def _rows(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """Broadcast a per-row tensor to ``batch`` rows: 1 row is expanded; under beam search the
+    model runs ``batch = rows * beams`` rows, row ``i*beams + j`` belonging to input row ``i``."""
+    if t.shape[0] == batch:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(batch, *t.shape[1:])
+    if batch % t.shape[0]:
+        raise ValueError(f"prefix has {t.shape[0]} rows but the batch has {batch}")
+    return t.repeat_interleave(batch // t.shape[0], dim=0)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """Bool ``(1, 1, q, k)``: query ``i`` (the last ``q`` of ``k`` positions) sees keys ``<= k-q+i``."""
+    q_pos = torch.arange(k_len - q_len, k_len, device=device)[:, None]
+    return (torch.arange(k_len, device=device)[None, :] <= q_pos)[None, None]
+
+
+def prefix_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    prefix_key: torch.Tensor | None = None,
+    prefix_value: torch.Tensor | None = None,
+    prefix_mask: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    position_bias: torch.Tensor | None = None,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scaled dot-product attention over ``[prefix; keys]``.
+
+    Args:
+        query: ``(B, H, q, d)``.
+        key, value: ``(B, H_kv, k, d)``; ``H`` must be a multiple of ``H_kv`` (GQA).
+        prefix_key, prefix_value: ``(B or 1, H_kv, P, d)``; rows are broadcast (see ``_rows``).
+        prefix_mask: ``(B or 1, P)`` bool, True where a prefix slot is real (rows with shorter
+            or no prefixes); None means every slot is real.
+        attention_mask: mask over the real keys: bool ``(B, 1 or H, q, k)`` (True = attend) or
+            additive float of that shape; None means no padding. The prefix is always visible
+            (subject to ``prefix_mask``): causality and sliding windows apply to real keys only.
+        is_causal: with ``attention_mask=None``, apply a causal mask aligned to the last key.
+        scaling: factor on ``Q·Kᵀ``, default ``d ** -0.5``.
+        dropout: attention dropout probability (pass 0.0 in eval).
+        softcap: if set, logits become ``softcap * tanh(logits / softcap)`` (Gemma 2).
+        position_bias: additive ``(B or 1, H, q, k)`` bias over the real keys (T5); the prefix
+            gets no bias.
+        need_weights: also return the attention probabilities ``(B, H, q, P + k)``.
+
+    Returns:
+        ``(out, weights)``: ``out`` is ``(B, H, q, d)``; ``weights`` is None unless asked for.
+    """
+    batch, heads, q_len, dim = query.shape
+    k_len = key.shape[2]
+    if heads % key.shape[1]:
+        raise ValueError(f"{heads} query heads is not a multiple of {key.shape[1]} key/value heads")
+    scaling = dim ** -0.5 if scaling is None else scaling
+
+    mask = attention_mask
+    if mask is None and is_causal and q_len > 1:
+        mask = causal_mask(q_len, k_len, query.device)
+    elif mask is None and is_causal and k_len > q_len:
+        mask = causal_mask(q_len, k_len, query.device)
+
+    if prefix_key is not None:
+        pk = _rows(prefix_key.to(key.dtype), batch)
+        pv = _rows(prefix_value.to(value.dtype), batch)
+        n_prefix = pk.shape[2]
+        key = torch.cat([pk, key], dim=2)
+        value = torch.cat([pv, value], dim=2)
+        if mask is not None or prefix_mask is not None:
+            seen = (torch.ones(batch, n_prefix, dtype=torch.bool, device=query.device)
+                    if prefix_mask is None else _rows(prefix_mask.to(torch.bool), batch))
+            seen = seen[:, None, None, :]  # (B, 1, 1, P)
+            real = mask if mask is not None else torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=query.device)
+            mask_heads = real.shape[1]
+            if real.dtype == torch.bool:
+                pre = seen.expand(batch, mask_heads, q_len, n_prefix)
+            else:
+                zero = torch.zeros((), dtype=real.dtype, device=real.device)
+                low = torch.full((), torch.finfo(real.dtype).min, dtype=real.dtype, device=real.device)
+                pre = torch.where(seen, zero, low).expand(batch, mask_heads, q_len, n_prefix)
+            mask = torch.cat([pre, real.expand(batch, mask_heads, q_len, k_len)], dim=-1)
+        if position_bias is not None:
+            position_bias = F.pad(position_bias, (n_prefix, 0))
+
+    if mask is not None and mask.dtype == torch.bool:
+        # A query row that may see nothing (a padding position with no prefix) would give NaN,
+        # and NaN values poison later layers through 0 * NaN; let such rows see everything.
+        # Their outputs belong to padding and are never used.
+        mask = mask | ~mask.any(dim=-1, keepdim=True)
+
+    n_rep = heads // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+
+    if position_bias is not None:
+        bias = position_bias.to(query.dtype)
+        if mask is not None:
+            bias = bias.masked_fill(~mask, torch.finfo(query.dtype).min) if mask.dtype == torch.bool else bias + mask
+        mask = bias
+
+    if softcap is None and not need_weights:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        return out, None
+
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
+    if dropout > 0.0:
+        weights = F.dropout(weights, p=dropout, training=True)
+    return torch.matmul(weights, value), weights
+
+
+class PrefixAttention(nn.Module):
+    """Multi-head (optionally grouped-query) attention that accepts prefix keys/values.
+
+    Args:
+        d_model: model width.
+        num_heads: query heads.
+        num_kv_heads: key/value heads (default ``num_heads``; fewer for GQA).
+        dropout: attention-probability dropout in training.
+        bias: whether the projections have biases.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int | None = None,
+                 dropout: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        if d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, d_model, bias=bias)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        prefix_key: torch.Tensor | None = None,
+        prefix_value: torch.Tensor | None = None,
+        prefix_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Attend over ``[prefix; sequence]``.
+
+        Args:
+            hidden_states: ``(B, n, d_model)``.
+            attention_mask: ``(B, n)`` padding mask (1 = real token) or a bool/additive mask
+                ``(B, 1 or H, n, n)`` over the real keys.
+            prefix_key, prefix_value: ``(B or 1, H_kv, P, head_dim)``.
+            prefix_mask: ``(B or 1, P)`` bool, True where a prefix slot is real.
+            is_causal: causal attention among the real tokens (the prefix stays visible).
+
+        Returns:
+            ``(B, n, d_model)``.
+        """
+        b, n, _ = hidden_states.shape
+        q = self.q_proj(hidden_states).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, n, d)
+        k = self.k_proj(hidden_states).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, n, d)
+        v = self.v_proj(hidden_states).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        mask = attention_mask
+        if mask is not None and mask.dim() == 2:
+            mask = mask.to(torch.bool)[:, None, None, :].expand(b, 1, n, n)  # (B, 1, n, n)
+            if is_causal:
+                mask = mask & causal_mask(n, n, hidden_states.device)
+        elif mask is not None and is_causal:
+            causal = causal_mask(n, n, hidden_states.device)
+            mask = mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, torch.finfo(mask.dtype).min)
+        out, _ = prefix_attention(
+            q, k, v, prefix_key=prefix_key, prefix_value=prefix_value, prefix_mask=prefix_mask,
+            attention_mask=mask, is_causal=is_causal and mask is None,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))

@@ -1,0 +1,96 @@
+"""Typed configuration for prefix tuning.
+
+A :class:`PrefixConfig` says *what* prefix to train; the model's own shape (layers, heads,
+head size) comes from the wrapped model and is recorded separately in the saved adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Attention locations a prefix can be attached to. Decoder-only models have ``decoder_self``,
+#: encoder-only models ``encoder_self``, encoder-decoder models all three.
+LOCATIONS: tuple[str, ...] = ("encoder_self", "decoder_self", "cross")
+REPARAMETERIZATIONS: tuple[str, ...] = ("mlp", "direct")
+POSITION_MODES: tuple[str, ...] = ("shifted", "natural")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class PrefixConfig:
+    """Configuration of a prefix (Li & Liang 2021): trainable K/V vectors at every attention layer.
+
+    Fields:
+        prefix_length: number of virtual key/value positions ``l`` prepended at each layer.
+        reparameterization: ``"mlp"`` trains an embedding ``[l, d_model]`` passed through
+            ``Linear(d_model, hidden) -> tanh -> Linear(hidden, layers*2*kv_heads*head_dim)``
+            (the paper's stable form); ``"direct"`` trains the K/V tensors themselves.
+        hidden_size: width of the MLP's hidden layer (512 in the paper's table-to-text setup).
+        dropout: dropout probability applied to the prefix keys/values during training.
+        locations: attention locations that get a prefix, each with its own parameters. The
+            default covers all three; locations a model does not have are skipped.
+        exclude_layers: layer indices (within each location) that get no prefix.
+        position_mode: ``"shifted"`` (default) gives the real tokens position ids ``l..l+n-1``,
+            as the paper's GPT-2 code and PEFT do, so PEFT checkpoints reproduce exactly;
+            ``"natural"`` keeps ``0..n-1``. Applies to models whose forward takes position ids.
+        init_std: standard deviation of the random initialization (embedding for ``"mlp"``,
+            the K/V tensors for ``"direct"``).
+    """
+
+    prefix_length: int = 10
+    reparameterization: str = "mlp"
+    hidden_size: int = 512
+    dropout: float = 0.0
+    locations: tuple[str, ...] = LOCATIONS
+    exclude_layers: tuple[int, ...] = ()
+    position_mode: str = "shifted"
+    init_std: float = 0.02
+    method: str = field(default="prefix", init=False)
+
+    def __post_init__(self) -> None:
+        self.locations = tuple(self.locations)
+        self.exclude_layers = tuple(sorted(set(int(i) for i in self.exclude_layers)))
+        if not isinstance(self.prefix_length, int) or self.prefix_length < 1:
+            raise ConfigError(f"prefix_length must be a positive integer, got {self.prefix_length!r}")
+        if self.reparameterization not in REPARAMETERIZATIONS:
+            raise ConfigError(
+                f"reparameterization must be one of {REPARAMETERIZATIONS}, got {self.reparameterization!r}"
+            )
+        if self.hidden_size < 1:
+            raise ConfigError(f"hidden_size must be positive, got {self.hidden_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        unknown = [loc for loc in self.locations if loc not in LOCATIONS]
+        if unknown or not self.locations:
+            raise ConfigError(f"locations must be a non-empty subset of {LOCATIONS}, got {self.locations}")
+        if any(i < 0 for i in self.exclude_layers):
+            raise ConfigError(f"exclude_layers must hold non-negative layer indices, got {self.exclude_layers}")
+        if self.position_mode not in POSITION_MODES:
+            raise ConfigError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["locations"] = list(self.locations)
+        out["exclude_layers"] = list(self.exclude_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PrefixConfig":
+        data = dict(data)
+        method = data.pop("method", "prefix")
+        if method != "prefix":
+            raise ConfigError(f"not a prefix-tuning config (method={method!r})")
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ConfigError(f"unknown PrefixConfig fields {extra}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

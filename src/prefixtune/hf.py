@@ -1,0 +1,296 @@
+"""The boundary: the one module that touches transformers internals.
+
+How prefixes reach a Hugging Face model (see docs/design.md):
+
+* An attention function named ``"prefixtune"`` is registered with transformers'
+  ``AttentionInterface`` and the model is switched to it with ``set_attn_implementation``. Every
+  supported family calls it with the query, key and value *after* rotary embedding and after the
+  KV-cache update, and passes extra forward keyword arguments through to it. The function looks
+  its module up in the :class:`~prefixtune.batch.PrefixBatch` given as ``prefixtune_prefix=`` and
+  prepends that module's prefix. The prefix never enters the KV cache, so ``generate()`` with or
+  without a cache, beam search and sampling all see it at every step.
+* A mask function of the same name is registered with ``AttentionMaskInterface``: it is
+  transformers' SDPA mask with the "skip the mask" shortcuts disabled, so the function always
+  receives the real padding/causal/sliding-window mask over the real keys and adds always-visible
+  prefix columns itself.
+* Which modules are which attention (encoder self, decoder self, cross) and the model's head
+  counts are explicit per family below; an unsupported family raises :class:`UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .attention import prefix_attention
+from .batch import PrefixBatch, Slot
+from .layout import LocationShape, ModelLayout
+
+ATTN_NAME = "prefixtune"
+PREFIX_KWARG = "prefixtune_prefix"
+
+
+class UnsupportedModelError(ValueError):
+    """The model's family is not one prefixtune knows how to inject into."""
+
+
+# --------------------------------------------------------------------------------------------
+# Registration with transformers
+
+
+def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+               is_causal: bool | None = None, softcap: float | None = None,
+               position_bias: torch.Tensor | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers attention-function signature; query ``(B, H, q, d)``, key/value ``(B, H_kv, k, d)``.
+
+    Returns ``(B, q, H, d)`` as transformers expects, and the weights if ``output_attentions``.
+    """
+    batch: PrefixBatch | None = kwargs.get(PREFIX_KWARG)
+    slot = batch.get(module) if batch is not None else None
+    causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    out, weights = prefix_attention(
+        query, key, value,
+        prefix_key=slot.key if slot else None,
+        prefix_value=slot.value if slot else None,
+        prefix_mask=slot.mask if slot else None,
+        attention_mask=attention_mask,
+        is_causal=causal and attention_mask is None,
+        scaling=scaling,
+        dropout=dropout,
+        softcap=softcap,
+        position_bias=position_bias,
+        need_weights=bool(kwargs.get("output_attentions", False)),
+    )
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def _mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
+    kwargs["allow_is_causal_skip"] = False
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
+AttentionInterface.register(ATTN_NAME, _attention)
+AttentionMaskInterface.register(ATTN_NAME, _mask)
+
+
+# --------------------------------------------------------------------------------------------
+# Model families
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to find one family's attention modules and read its shape.
+
+    Fields:
+        patterns: location -> regex over ``named_modules()`` names; group 1 is the layer index.
+        shape: config -> location -> (layers, kv_heads, head_dim).
+        d_model: config -> hidden size.
+        position_base: config -> position id of the first real token (RoBERTa starts after its
+            padding index).
+    """
+
+    patterns: dict[str, str]
+    shape: Callable[[Any], dict[str, tuple[int, int, int]]]
+    d_model: Callable[[Any], int]
+    position_base: Callable[[Any], int] = lambda c: 0
+
+
+def _llama_like(c: Any) -> dict[str, tuple[int, int, int]]:
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    return {"decoder_self": (c.num_hidden_layers, kv, head_dim)}
+
+
+def _bert_like(c: Any) -> dict[str, tuple[int, int, int]]:
+    return {"encoder_self": (c.num_hidden_layers, c.num_attention_heads, c.hidden_size // c.num_attention_heads)}
+
+
+_DECODER = {"decoder_self": r"(?:^|\.)layers\.(\d+)\.self_attn$"}
+_BERT = {"encoder_self": r"(?:^|\.)encoder\.layer\.(\d+)\.attention\.self$"}
+
+FAMILIES: dict[str, Family] = {
+    "gpt2": Family(
+        {"decoder_self": r"(?:^|\.)h\.(\d+)\.attn$"},
+        lambda c: {"decoder_self": (c.n_layer, c.n_head, c.n_embd // c.n_head)},
+        lambda c: c.n_embd),
+    "llama": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
+    "qwen2": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
+    "mistral": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
+    "gemma2": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
+    "bert": Family(_BERT, _bert_like, lambda c: c.hidden_size),
+    "roberta": Family(_BERT, _bert_like, lambda c: c.hidden_size, lambda c: c.pad_token_id + 1),
+    "distilbert": Family(
+        {"encoder_self": r"(?:^|\.)transformer\.layer\.(\d+)\.attention$"},
+        lambda c: {"encoder_self": (c.n_layers, c.n_heads, c.dim // c.n_heads)},
+        lambda c: c.dim),
+    "t5": Family(
+        {"encoder_self": r"(?:^|\.)encoder\.block\.(\d+)\.layer\.0\.SelfAttention$",
+         "decoder_self": r"(?:^|\.)decoder\.block\.(\d+)\.layer\.0\.SelfAttention$",
+         "cross": r"(?:^|\.)decoder\.block\.(\d+)\.layer\.1\.EncDecAttention$"},
+        lambda c: {"encoder_self": (c.num_layers, c.num_heads, c.d_kv),
+                   "decoder_self": (c.num_decoder_layers, c.num_heads, c.d_kv),
+                   "cross": (c.num_decoder_layers, c.num_heads, c.d_kv)},
+        lambda c: c.d_model),
+    "bart": Family(
+        {"encoder_self": r"(?:^|\.)encoder\.layers\.(\d+)\.self_attn$",
+         "decoder_self": r"(?:^|\.)decoder\.layers\.(\d+)\.self_attn$",
+         "cross": r"(?:^|\.)decoder\.layers\.(\d+)\.encoder_attn$"},
+        lambda c: {"encoder_self": (c.encoder_layers, c.encoder_attention_heads, c.d_model // c.encoder_attention_heads),
+                   "decoder_self": (c.decoder_layers, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads),
+                   "cross": (c.decoder_layers, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads)},
+        lambda c: c.d_model),
+}
+
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
+
+
+def family_of(model: PreTrainedModel) -> Family:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnsupportedModelError(
+            f"prefixtune does not support model type {model_type!r} ({type(model).__name__}); "
+            f"supported: {', '.join(SUPPORTED_FAMILIES)}"
+        )
+    return FAMILIES[model_type]
+
+
+def describe(model: PreTrainedModel) -> tuple[ModelLayout, dict[Slot, nn.Module]]:
+    """The model's layout and its attention modules by (location, layer).
+
+    The location order is fixed (encoder self, decoder self, cross). Locations the model's
+    classes do not instantiate (a T5 encoder-only model has no decoder) are left out.
+
+    Raises:
+        UnsupportedModelError: unknown family, or modules not found where the family puts them.
+    """
+    family = family_of(model)
+    config = model.config
+    shapes = family.shape(config)
+    found: dict[Slot, nn.Module] = {}
+    for name, module in model.named_modules():
+        for loc, pattern in family.patterns.items():
+            m = re.search(pattern, name)
+            if m:
+                found[(loc, int(m.group(1)))] = module
+    locations = []
+    for loc in ("encoder_self", "decoder_self", "cross"):
+        layers = sorted(layer for (l, layer) in found if l == loc)
+        if not layers:
+            continue
+        n, kv, head_dim = shapes[loc]
+        if layers != list(range(n)):
+            raise UnsupportedModelError(
+                f"{type(model).__name__}: expected {n} {loc} attention modules, found layers {layers}; "
+                "this model variant is not supported"
+            )
+        locations.append(LocationShape(loc, n, kv, head_dim))
+    if not locations:
+        raise UnsupportedModelError(f"{type(model).__name__}: no attention modules found for {config.model_type}")
+    base = sum(p.numel() for p in model.parameters())
+    layout = ModelLayout(config.model_type, int(family.d_model(config)), tuple(locations), base)
+    return layout, found
+
+
+# --------------------------------------------------------------------------------------------
+# Installing into a model and building its inputs
+
+
+class Injection:
+    """A Hugging Face model switched to prefix attention.
+
+    Args:
+        model: a transformers ``PreTrainedModel`` of a supported family.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.family = family_of(model)
+        self.layout, self.modules = describe(model)
+        self.previous_attn = model.config._attn_implementation
+        if self.previous_attn != ATTN_NAME:
+            model.set_attn_implementation(ATTN_NAME)
+        self.is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+        params = inspect.signature(model.forward).parameters
+        self.takes_position_ids = "position_ids" in params and not self.is_encoder_decoder
+        self.position_base = int(self.family.position_base(model.config))
+        self._active: PrefixBatch | None = None
+        # generate() rejects keyword arguments it does not know and calls the encoder of an
+        # encoder-decoder model directly, so the prefix is added by pre-hooks on both entries.
+        entries = [model]
+        if self.is_encoder_decoder and hasattr(model, "get_encoder"):
+            entries.append(model.get_encoder())
+        self._hooks = [m.register_forward_pre_hook(self._add_prefix, with_kwargs=True) for m in entries]
+
+    def _add_prefix(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        if self._active is not None and kwargs.get(PREFIX_KWARG) is None:
+            kwargs[PREFIX_KWARG] = self._active
+        return args, kwargs
+
+    @contextlib.contextmanager
+    def active(self, batch: PrefixBatch | None) -> Iterator[None]:
+        """Within this block, every call of the model (and its encoder) uses ``batch``."""
+        previous, self._active = self._active, batch
+        try:
+            yield
+        finally:
+            self._active = previous
+
+    def remove(self) -> None:
+        """Switch the model back to the attention implementation it had and drop the hooks."""
+        for hook in self._hooks:
+            hook.remove()
+        self.model.set_attn_implementation(self.previous_attn)
+
+    def position_ids(self, attention_mask: torch.Tensor | None, shape: tuple[int, int],
+                     shift: torch.Tensor, device: torch.device, past: int = 0) -> torch.Tensor:
+        """Position ids ``(B, n)`` of the real tokens, counting from the family's base plus ``shift``.
+
+        Args:
+            attention_mask: ``(B, past + n)`` padding mask, or None.
+            shape: ``(B, n)`` of the current input.
+            shift: ``(B,)`` or ``(1,)`` per-row offset (the prefix length, or 0).
+            past: tokens already in the cache when there is no mask.
+        """
+        rows, n = shape
+        if attention_mask is None:
+            pos = torch.arange(past, past + n, device=device)[None].expand(rows, n)
+        else:
+            mask = attention_mask.to(device=device, dtype=torch.long)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -n:]
+        return pos + self.position_base + shift.to(device)[:, None]
+
+    def inputs(self, batch: PrefixBatch | None, shifted: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Forward/generate keyword arguments with position ids added where the model takes them.
+
+        The prefix itself is supplied by :meth:`active`.
+        """
+        kwargs = dict(kwargs)
+        if not self.takes_position_ids:
+            return kwargs
+        ref = kwargs.get("input_ids")
+        if ref is None:
+            ref = kwargs.get("inputs_embeds")
+        if ref is None:
+            return kwargs
+        shift = batch.lengths if (batch is not None and shifted) else torch.zeros(1, dtype=torch.long)
+        if kwargs.get("position_ids") is not None:
+            if shifted and batch is not None:
+                kwargs["position_ids"] = kwargs["position_ids"] + shift.to(ref.device)[:, None]
+            return kwargs
+        past_kv = kwargs.get("cache", kwargs.get("past_key_values"))
+        past = past_kv.get_seq_length() if past_kv is not None and hasattr(past_kv, "get_seq_length") else 0
+        rows, n = ref.shape[0], ref.shape[1]
+        kwargs["position_ids"] = self.position_ids(kwargs.get("attention_mask"), (rows, n), shift, ref.device, past)
+        return kwargs

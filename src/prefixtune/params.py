@@ -1,0 +1,63 @@
+"""Parameter accounting: what a prefix trains and what it stores, against the base model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import PrefixConfig
+from .layout import ModelLayout
+from .prefix import prefixed_layers
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    """Fields: ``trainable`` (trained, incl. the MLP), ``stored`` (kept for inference after
+    folding: ``l × layers × 2 × kv_heads × head_dim`` per location), ``base`` (base model)."""
+
+    trainable: int
+    stored: int
+    base: int
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100.0 * self.trainable / self.base if self.base else 0.0
+
+    @property
+    def stored_percent(self) -> float:
+        return 100.0 * self.stored / self.base if self.base else 0.0
+
+    def __str__(self) -> str:
+        return (f"trainable {self.trainable:,} ({self.trainable_percent:.3f}% of {self.base:,}); "
+                f"stored {self.stored:,} ({self.stored_percent:.3f}%)")
+
+
+def expected_counts(layout: ModelLayout, config: PrefixConfig) -> ParameterCount:
+    """Counts from the formula, before any module exists (for planning and the CLI's ``params``)."""
+    stored = trainable = 0
+    for shape in layout.locations:
+        if shape.location not in config.locations:
+            continue
+        layers = len(prefixed_layers(shape, config))
+        out = layers * 2 * shape.kv_width
+        stored += config.prefix_length * out
+        if config.reparameterization == "mlp":
+            h, d = config.hidden_size, layout.d_model
+            trainable += config.prefix_length * d + (d * h + h) + (h * out + out)
+        else:
+            trainable += config.prefix_length * out
+    return ParameterCount(trainable, stored, layout.base_parameters)
+
+
+def count_parameters(model: object, config: PrefixConfig | None = None) -> ParameterCount:
+    """Trainable and stored prefix parameters, absolute and as % of the base model.
+
+    Args:
+        model: a :class:`~prefixtune.PrefixModel`, or a plain transformers model together
+            with ``config`` (to plan before wrapping anything).
+    """
+    from .hf import describe
+
+    if hasattr(model, "count_parameters") and config is None:
+        return model.count_parameters()
+    layout, _ = describe(model)
+    return expected_counts(layout, config or PrefixConfig())

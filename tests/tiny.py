@@ -1,0 +1,65 @@
+"""Tiny random models of every supported family, built offline from transformers configs."""
+
+from __future__ import annotations
+
+import torch
+import transformers as T
+
+V = 96  # vocabulary
+
+_CONFIGS = {
+    "gpt2": lambda: T.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=128,
+                                 bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "llama": lambda: T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=64, vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "qwen2": lambda: T.Qwen2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=1,
+                                   intermediate_size=64, vocab_size=V, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "mistral": lambda: T.MistralConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                       intermediate_size=64, vocab_size=V, sliding_window=4,
+                                       bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "gemma2": lambda: T.Gemma2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                                     head_dim=8, intermediate_size=64, vocab_size=V, sliding_window=4,
+                                     attn_logit_softcapping=5.0, final_logit_softcapping=30.0,
+                                     bos_token_id=1, eos_token_id=2, pad_token_id=0),
+    "bert": lambda: T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                 vocab_size=V, max_position_embeddings=128, pad_token_id=0),
+    "roberta": lambda: T.RobertaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                                       vocab_size=V, max_position_embeddings=130, pad_token_id=1),
+    "distilbert": lambda: T.DistilBertConfig(n_layers=2, dim=32, n_heads=4, hidden_dim=64, vocab_size=V,
+                                             max_position_embeddings=128, pad_token_id=0),
+    "t5": lambda: T.T5Config(num_layers=2, num_decoder_layers=2, d_model=32, num_heads=4, d_kv=8, d_ff=64, vocab_size=V,
+                             decoder_start_token_id=0, pad_token_id=0, eos_token_id=2),
+    "bart": lambda: T.BartConfig(encoder_layers=2, decoder_layers=2, d_model=32, encoder_attention_heads=4,
+                                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=V,
+                                 max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                 decoder_start_token_id=2, forced_eos_token_id=None),
+}
+
+DECODERS = ("gpt2", "llama", "qwen2", "mistral", "gemma2")
+ENCODERS = ("bert", "roberta", "distilbert")
+SEQ2SEQ = ("t5", "bart")
+FAMILIES = DECODERS + ENCODERS + SEQ2SEQ
+
+
+def tiny_model(family: str, seed: int = 0, attn: str | None = None) -> torch.nn.Module:
+    """A tiny randomly initialized model of ``family`` with an LM head, in eval mode."""
+    torch.manual_seed(seed)
+    config = _CONFIGS[family]()
+    if attn:
+        config._attn_implementation = attn
+    if family in DECODERS:
+        model = T.AutoModelForCausalLM.from_config(config)
+    elif family in ENCODERS:
+        model = T.AutoModelForMaskedLM.from_config(config)
+    else:
+        model = T.AutoModelForSeq2SeqLM.from_config(config)
+    return model.eval()
+
+
+def token_ids(family: str, rows: int, length: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, V, (rows, length), generator=g)
+
+
+def pad_token(family: str) -> int:
+    return {"roberta": 1, "bart": 1}.get(family, 0)
