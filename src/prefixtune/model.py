@@ -78,10 +78,10 @@ class PrefixModel(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute the base model's layers in backward (non-reentrant, so prefix gradients flow)."""
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.base_model.activation_checkpointing_enable({"use_reentrant": False})
 
     def gradient_checkpointing_disable(self) -> None:
-        self.base_model.gradient_checkpointing_disable()
+        self.base_model.activation_checkpointing_disable()
 
     def count_parameters(self) -> ParameterCount:
         return expected_counts(self.layout, self.config)

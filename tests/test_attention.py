@@ -1,0 +1,141 @@
+"""The attention kernel and the standalone PrefixAttention layer against a hand-written reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from prefixtune import PrefixAttention, prefix_attention
+
+
+def reference(q, k, v, pk=None, pv=None, allowed=None, prefix_allowed=None, scale=None, softcap=None, bias=None):
+    """Per row, per head, per query: softmax over [prefix; keys] written with plain loops (float64)."""
+    b, h, nq, d = q.shape
+    hk = k.shape[1]
+    out = torch.zeros(b, h, nq, d, dtype=torch.float64)
+    scale = scale or 1 / math.sqrt(d)
+    for r in range(b):
+        for head in range(h):
+            g = head // (h // hk)
+            keys = k[r, g].double()
+            vals = v[r, g].double()
+            n_pre = 0
+            if pk is not None:
+                keys = torch.cat([pk[r if pk.shape[0] > 1 else 0, g].double(), keys])
+                vals = torch.cat([pv[r if pv.shape[0] > 1 else 0, g].double(), vals])
+                n_pre = pk.shape[2]
+            for i in range(nq):
+                logits = []
+                for j in range(keys.shape[0]):
+                    if j < n_pre:
+                        ok = True if prefix_allowed is None else bool(prefix_allowed[r, j])
+                    else:
+                        ok = True if allowed is None else bool(allowed[r, i, j - n_pre])
+                    if not ok:
+                        logits.append(-math.inf)
+                        continue
+                    s = float(q[r, head, i].double() @ keys[j]) * scale
+                    if softcap:
+                        s = softcap * math.tanh(s / softcap)
+                    if bias is not None and j >= n_pre:
+                        s += float(bias[0, head, i, j - n_pre])
+                    logits.append(s)
+                w = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0)
+                out[r, head, i] = w @ vals
+    return out
+
+
+def rand(*shape):
+    return torch.randn(*shape)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2), (6, 1)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_matches_reference(heads, kv_heads, causal):
+    b, n, p, d = 2, 5, 3, 8
+    q, k, v = rand(b, heads, n, d), rand(b, kv_heads, n, d), rand(b, kv_heads, n, d)
+    pk, pv = rand(1, kv_heads, p, d), rand(1, kv_heads, p, d)
+    pad = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    allowed = pad[:, None, :].expand(b, n, n).clone()
+    if causal:
+        allowed &= torch.ones(n, n, dtype=torch.bool).tril()
+    mask = allowed[:, None]
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, attention_mask=mask)
+    want = reference(q, k, v, pk, pv, allowed)
+    real = pad[1].nonzero().flatten()
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1][:, real].double(), want[1][:, real], atol=1e-5, rtol=1e-5)
+
+
+def test_causal_flag_aligns_to_the_last_key_and_keeps_prefix_visible():
+    b, h, nq, nk, p, d = 1, 2, 2, 5, 3, 4
+    q, k, v = rand(b, h, nq, d), rand(b, h, nk, d), rand(b, h, nk, d)
+    pk, pv = rand(1, h, p, d), rand(1, h, p, d)
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+    allowed = torch.ones(nk, nk, dtype=torch.bool).tril()[-nq:][None]
+    torch.testing.assert_close(got.double(), reference(q, k, v, pk, pv, allowed), atol=1e-5, rtol=1e-5)
+
+
+def test_per_row_prefix_mask_softcap_and_position_bias():
+    b, h, n, p, d = 3, 2, 4, 5, 8
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    pk, pv = rand(b, h, p, d), rand(b, h, p, d)
+    prefix_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    bias = rand(1, h, n, n)
+    for softcap in (None, 2.0):
+        got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_mask=prefix_mask,
+                                  softcap=softcap, position_bias=bias)
+        want = reference(q, k, v, pk, pv, None, prefix_mask, softcap=softcap, bias=bias)
+        torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_path_equals_sdpa_path_and_sums_to_one():
+    q, k, v = rand(2, 4, 3, 8), rand(2, 2, 3, 8), rand(2, 2, 3, 8)
+    pk, pv = rand(1, 2, 2, 8), rand(1, 2, 2, 8)
+    fast, none = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+    slow, weights = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True, need_weights=True)
+    assert none is None
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 3))
+
+
+def test_beam_rows_take_their_input_rows_prefix():
+    q, k, v = rand(4, 2, 1, 4), rand(4, 2, 3, 4), rand(4, 2, 3, 4)
+    pk, pv = rand(2, 2, 2, 4), rand(2, 2, 2, 4)
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv)
+    want = reference(q, k, v, pk.repeat_interleave(2, 0), pv.repeat_interleave(2, 0))
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_query_rows_stay_finite_without_prefix():
+    q, k, v = rand(1, 1, 3, 4), rand(1, 1, 3, 4), rand(1, 1, 3, 4)
+    mask = torch.tensor([[[[False, False, False], [False, True, False], [False, True, True]]]])
+    out, _ = prefix_attention(q, k, v, attention_mask=mask)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_prefix_attention_layer_matches_reference(kv_heads):
+    torch.manual_seed(0)
+    layer = PrefixAttention(d_model=16, num_heads=4, num_kv_heads=kv_heads).eval()
+    x = rand(2, 5, 16)
+    pad = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    pk, pv = rand(1, kv_heads, 3, 4), rand(1, kv_heads, 3, 4)
+    got = layer(x, attention_mask=pad, prefix_key=pk, prefix_value=pv, is_causal=True)
+    torch.set_grad_enabled(False)
+    q = (x @ layer.q_proj.weight.T + layer.q_proj.bias).view(2, 5, 4, 4).transpose(1, 2)
+    k = (x @ layer.k_proj.weight.T + layer.k_proj.bias).view(2, 5, kv_heads, 4).transpose(1, 2)
+    v = (x @ layer.v_proj.weight.T + layer.v_proj.bias).view(2, 5, kv_heads, 4).transpose(1, 2)
+    allowed = pad.bool()[:, None, :].expand(2, 5, 5) & torch.ones(5, 5, dtype=torch.bool).tril()
+    att = reference(q, k, v, pk, pv, allowed).float()
+    want = att.transpose(1, 2).reshape(2, 5, 16) @ layer.o_proj.weight.T + layer.o_proj.bias
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1, :3], want[1, :3], atol=1e-5, rtol=1e-5)
+    torch.set_grad_enabled(True)
+
+
+def test_prefix_attention_layer_rejects_bad_heads():
+    with pytest.raises(ValueError, match="multiple"):
+        PrefixAttention(d_model=16, num_heads=4, num_kv_heads=3)

@@ -1,0 +1,143 @@
+"""save_pretrained -> load: identical logits, resumable state, clear errors, atomic writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import prefixtune as pt
+from prefixtune.checkpoint import CONFIG_NAME, PREFIX_NAME, TRAINABLE_NAME, atomic_write
+from tiny import SEQ2SEQ, tiny_model, token_ids
+
+
+def kw_for(family):
+    ids = token_ids(family, 2, 6)
+    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if family in SEQ2SEQ:
+        kw["decoder_input_ids"] = ids[:, :3]
+    return kw
+
+
+def trained(family, **cfg):
+    pm = pt.wrap(tiny_model(family), pt.PrefixConfig(prefix_length=3, hidden_size=16, init_std=1.0, **cfg))
+    with torch.no_grad():
+        for p in pm.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return pm.eval()
+
+
+@pytest.mark.parametrize("reparam", ["mlp", "direct"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert", "distilbert", "t5", "bart"])
+def test_round_trip_gives_identical_logits(tmp_path, family, reparam):
+    pm = trained(family, reparameterization=reparam)
+    kw = kw_for(family)
+    want = pm(**kw).logits
+    pm.save_pretrained(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / CONFIG_NAME).read_text())
+    assert manifest["layout"]["model_type"] == family
+    loaded = pt.load(tiny_model(family), tmp_path / "a").eval()
+    assert loaded.config == pm.config
+    torch.testing.assert_close(loaded(**kw).logits, want, rtol=0, atol=0)
+    folded = pt.load(tiny_model(family), tmp_path / "a", folded=True).eval()
+    assert folded.prefix.is_folded
+    torch.testing.assert_close(folded(**kw).logits, want, atol=1e-6, rtol=1e-5)
+
+
+def test_mlp_state_is_saved_for_resuming(tmp_path):
+    pm = trained("llama")
+    pm.save_pretrained(tmp_path)
+    assert (tmp_path / TRAINABLE_NAME).is_file()
+    loaded = pt.load(tiny_model("llama"), tmp_path)
+    assert not loaded.prefix.is_folded
+    for (n, a), (m, b) in zip(pm.prefix.state_dict().items(), loaded.prefix.state_dict().items()):
+        assert n == m and torch.equal(a, b)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {n for n, p in pm.named_parameters() if p.requires_grad}
+
+
+def test_fold_keeps_outputs_and_saves_only_kv(tmp_path):
+    pm = trained("qwen2")
+    kw = kw_for("qwen2")
+    want = pm(**kw).logits
+    pm.fold()
+    assert pm.prefix.is_folded
+    torch.testing.assert_close(pm(**kw).logits, want, atol=1e-6, rtol=1e-5)
+    pm.save_pretrained(tmp_path)
+    assert not (tmp_path / TRAINABLE_NAME).exists()
+    stored = sum(p.numel() for p in pm.prefix.parameters())
+    assert stored == pm.count_parameters().stored
+
+
+@pytest.mark.parametrize("other, message", [
+    (dict(num_hidden_layers=3), "adapter has 2 layers, model has 3"),
+    (dict(num_key_value_heads=4), "adapter has 2 key/value heads, model has 4"),
+    (dict(hidden_size=64, head_dim=16), "adapter has 8 head size, model has 16"),
+])
+def test_loading_into_another_shape_names_the_mismatch(tmp_path, other, message):
+    import transformers as T
+
+    trained("llama").save_pretrained(tmp_path)
+    cfg = tiny_model("llama").config.to_dict()
+    cfg.update(other)
+    wrong = T.LlamaForCausalLM(T.LlamaConfig(**cfg))
+    with pytest.raises(pt.ShapeMismatchError, match=message):
+        pt.load(wrong, tmp_path)
+
+
+def test_corrupt_partial_and_missing_files_are_detected(tmp_path):
+    trained("gpt2").save_pretrained(tmp_path)
+    model = tiny_model("gpt2")
+    data = (tmp_path / TRAINABLE_NAME).read_bytes()
+    (tmp_path / TRAINABLE_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(pt.CheckpointError, match="corrupt or was partly written"):
+        pt.load(model, tmp_path)
+    (tmp_path / TRAINABLE_NAME).unlink()
+    with pytest.raises(pt.CheckpointError, match="missing"):
+        pt.load(tiny_model("gpt2"), tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(pt.CheckpointError, match="not valid JSON"):
+        pt.load(tiny_model("gpt2"), tmp_path)
+    with pytest.raises(pt.CheckpointError, match="no such adapter directory"):
+        pt.load(tiny_model("gpt2"), tmp_path / "nope")
+    (tmp_path / CONFIG_NAME).unlink()
+    with pytest.raises(pt.CheckpointError, match="not a prefixtune adapter"):
+        pt.load(tiny_model("gpt2"), tmp_path)
+
+
+def test_pickles_are_never_loaded(tmp_path):
+    """A checkpoint whose tensor file is a pickle is refused, not unpickled."""
+    import pickle
+
+    trained("gpt2", reparameterization="direct").save_pretrained(tmp_path)
+    payload = pickle.dumps({"decoder_self": torch.zeros(1)})
+    manifest = json.loads((tmp_path / CONFIG_NAME).read_text())
+    import hashlib
+
+    manifest["files"][PREFIX_NAME] = hashlib.sha256(payload).hexdigest()
+    (tmp_path / PREFIX_NAME).write_bytes(payload)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(pt.CheckpointError, match="not a readable safetensors"):
+        pt.load(tiny_model("gpt2"), tmp_path)
+
+
+def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write(target, b"old")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_resave_over_an_mlp_save_after_folding_removes_stale_state(tmp_path):
+    pm = trained("llama")
+    pm.save_pretrained(tmp_path)
+    pm.fold().save_pretrained(tmp_path)
+    assert not (tmp_path / TRAINABLE_NAME).exists()
+    assert pt.load(tiny_model("llama"), tmp_path).prefix.is_folded
