@@ -124,16 +124,15 @@ def test_prefix_attention_layer_matches_reference(kv_heads):
     pad = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     pk, pv = rand(1, kv_heads, 3, 4), rand(1, kv_heads, 3, 4)
     got = layer(x, attention_mask=pad, prefix_key=pk, prefix_value=pv, is_causal=True)
-    torch.set_grad_enabled(False)
-    q = (x @ layer.q_proj.weight.T + layer.q_proj.bias).view(2, 5, 4, 4).transpose(1, 2)
-    k = (x @ layer.k_proj.weight.T + layer.k_proj.bias).view(2, 5, kv_heads, 4).transpose(1, 2)
-    v = (x @ layer.v_proj.weight.T + layer.v_proj.bias).view(2, 5, kv_heads, 4).transpose(1, 2)
-    allowed = pad.bool()[:, None, :].expand(2, 5, 5) & torch.ones(5, 5, dtype=torch.bool).tril()
-    att = reference(q, k, v, pk, pv, allowed).float()
-    want = att.transpose(1, 2).reshape(2, 5, 16) @ layer.o_proj.weight.T + layer.o_proj.bias
-    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got[1, :3], want[1, :3], atol=1e-5, rtol=1e-5)
-    torch.set_grad_enabled(True)
+    with torch.no_grad():
+        q = (x @ layer.q_proj.weight.T + layer.q_proj.bias).view(2, 5, 4, 4).transpose(1, 2)
+        k = (x @ layer.k_proj.weight.T + layer.k_proj.bias).view(2, 5, kv_heads, 4).transpose(1, 2)
+        v = (x @ layer.v_proj.weight.T + layer.v_proj.bias).view(2, 5, kv_heads, 4).transpose(1, 2)
+        allowed = pad.bool()[:, None, :].expand(2, 5, 5) & torch.ones(5, 5, dtype=torch.bool).tril()
+        att = reference(q, k, v, pk, pv, allowed).float()
+        want = att.transpose(1, 2).reshape(2, 5, 16) @ layer.o_proj.weight.T + layer.o_proj.bias
+        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1, :3], want[1, :3], atol=1e-5, rtol=1e-5)
 
 
 def test_prefix_attention_layer_rejects_bad_heads():
