@@ -90,3 +90,23 @@ def test_generate_differs_from_base_model():
     bare = base.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                          pad_token_id=0, eos_token_id=None)
     assert not torch.equal(with_prefix, bare)
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_incremental_forward_with_cache_equals_full_forward(family):
+    """Prefill, then feed tokens one by one with the returned cache: same logits as one full pass."""
+    pm = make(family)
+    ids = token_ids(family, 2, 7)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # left padding
+    full = pm(input_ids=ids, attention_mask=mask).logits
+    out = pm(input_ids=ids[:, :4], attention_mask=mask[:, :4], use_cache=True)
+    steps = [out.logits]
+    cache = out.past_key_values
+    for t in range(4, 7):
+        out = pm(input_ids=ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache, use_cache=True)
+        cache = out.past_key_values
+        steps.append(out.logits)
+    inc = torch.cat(steps, dim=1)
+    real = mask.bool()
+    torch.testing.assert_close(inc[real], full[real], atol=2e-5, rtol=1e-4)

@@ -1,0 +1,57 @@
+"""The ``prefixtune`` command line (``demo`` and ``params`` for now)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = f.default
+        kind = {int: int, float: float}.get(type(default), str)
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
+                            help=f"(default: {default})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .config import PrefixConfig
+    from .demo import DemoConfig
+
+    parser = argparse.ArgumentParser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="train a prefix on E2E with the bundled SmolLM2 and show generations")
+    _add_dataclass_options(demo, DemoConfig)
+    params = sub.add_parser("params", help="trainable and stored parameters for a model and prefix config")
+    params.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
+    params.add_argument("--task", default="causal-lm", help="causal-lm, masked-lm, seq2seq-lm or base")
+    for f in dataclasses.fields(PrefixConfig):
+        if f.init and f.name not in ("locations", "exclude_layers"):
+            params.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                                help=f"(default: {f.default})")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            from .demo import run
+
+            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}
+            run(DemoConfig(**values))
+        elif args.command == "params":
+            from .bundled import load_model
+            from .params import count_parameters
+
+            cfg = PrefixConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrefixConfig)
+                                  if f.init and f.name not in ("locations", "exclude_layers")})
+            model, _ = load_model(args.model, task=args.task)
+            print(count_parameters(model, cfg))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"prefixtune: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
