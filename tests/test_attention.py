@@ -138,3 +138,17 @@ def test_prefix_attention_layer_matches_reference(kv_heads):
 def test_prefix_attention_layer_rejects_bad_heads():
     with pytest.raises(ValueError, match="multiple"):
         PrefixAttention(d_model=16, num_heads=4, num_kv_heads=3)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2)])
+@pytest.mark.parametrize("q_len", [1, 5])
+def test_mask_free_fast_path_matches_reference(heads, kv_heads, q_len):
+    """No mask tensor: causal over [prefix; keys] via dummy queries, and single-query decoding."""
+    b, n, p, d = 2, 5, 3, 8
+    q, k, v = rand(b, heads, q_len, d), rand(b, kv_heads, n, d), rand(b, kv_heads, n, d)
+    pk, pv = rand(1, kv_heads, p, d), rand(1, kv_heads, p, d)
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()[-q_len:][None].expand(b, -1, -1)
+    torch.testing.assert_close(got.double(), reference(q, k, v, pk, pv, allowed), atol=1e-5, rtol=1e-5)
+    full, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=False)
+    torch.testing.assert_close(full.double(), reference(q, k, v, pk, pv), atol=1e-5, rtol=1e-5)

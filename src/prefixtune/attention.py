@@ -81,19 +81,25 @@ def prefix_attention(
     if heads % key.shape[1]:
         raise ValueError(f"{heads} query heads is not a multiple of {key.shape[1]} key/value heads")
     scaling = dim ** -0.5 if scaling is None else scaling
+    gqa = heads != key.shape[1]
+
+    if prefix_key is not None:
+        prefix_key = _rows(prefix_key.to(key.dtype), batch)
+        prefix_value = _rows(prefix_value.to(value.dtype), batch)
+
+    fast = (attention_mask is None and prefix_mask is None and position_bias is None and softcap is None
+            and not need_weights and (not is_causal or q_len == 1 or q_len == k_len))
+    if fast:
+        return _unmasked(query, key, value, prefix_key, prefix_value, is_causal, scaling, dropout, gqa), None
 
     mask = attention_mask
-    if mask is None and is_causal and q_len > 1:
-        mask = causal_mask(q_len, k_len, query.device)
-    elif mask is None and is_causal and k_len > q_len:
+    if mask is None and is_causal and (q_len > 1 or k_len > q_len):
         mask = causal_mask(q_len, k_len, query.device)
 
     if prefix_key is not None:
-        pk = _rows(prefix_key.to(key.dtype), batch)
-        pv = _rows(prefix_value.to(value.dtype), batch)
-        n_prefix = pk.shape[2]
-        key = torch.cat([pk, key], dim=2)
-        value = torch.cat([pv, value], dim=2)
+        n_prefix = prefix_key.shape[2]
+        key = torch.cat([prefix_key, key], dim=2)
+        value = torch.cat([prefix_value, value], dim=2)
         if mask is not None or prefix_mask is not None:
             seen = (torch.ones(batch, n_prefix, dtype=torch.bool, device=query.device)
                     if prefix_mask is None else _rows(prefix_mask.to(torch.bool), batch))
@@ -110,14 +116,11 @@ def prefix_attention(
         if position_bias is not None:
             position_bias = F.pad(position_bias, (n_prefix, 0))
 
-    if mask is not None and mask.dtype == torch.bool:
+    if mask is not None and mask.dtype == torch.bool and (prefix_key is None or prefix_mask is not None):
         # A query row that may see nothing (a padding position with no prefix) would give NaN,
         # and NaN values poison later layers through 0 * NaN; let such rows see everything.
-        # Their outputs belong to padding and are never used.
+        # Their outputs belong to padding and are never used. Rows with a prefix always see it.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
-
-    n_rep = heads // key.shape[1]
-    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
 
     if position_bias is not None:
         bias = position_bias.to(query.dtype)
@@ -126,9 +129,16 @@ def prefix_attention(
         mask = bias
 
     if softcap is None and not need_weights:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling)
+        if gqa and mask is not None and mask.shape[1] != 1:
+            n_rep = heads // key.shape[1]
+            key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+            gqa = False
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                             enable_gqa=gqa)
         return out, None
 
+    n_rep = heads // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
@@ -138,6 +148,31 @@ def prefix_attention(
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=True)
     return torch.matmul(weights, value), weights
+
+
+def _unmasked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_key: torch.Tensor | None,
+              prefix_value: torch.Tensor | None, is_causal: bool, scaling: float, dropout: float,
+              gqa: bool) -> torch.Tensor:
+    """No padding, every prefix slot real: attention without a mask tensor (the fast SDPA kernels).
+
+    Causal attention over ``[prefix; keys]`` is causal attention aligned to the *last* key, which
+    SDPA's ``is_causal`` (aligned to the first) gives if ``P`` dummy queries are put in front:
+    query ``P+i`` then sees keys ``0..P+i``, i.e. the whole prefix and real keys ``0..i``.
+    """
+    q_len = query.shape[2]
+    causal = is_causal and q_len > 1
+    if prefix_key is None:
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=causal,
+                                              scale=scaling, enable_gqa=gqa)
+    n_prefix = prefix_key.shape[2]
+    key = torch.cat([prefix_key, key], dim=2)
+    value = torch.cat([prefix_value, value], dim=2)
+    if not causal:
+        return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling, enable_gqa=gqa)
+    dummy = query.new_zeros(query.shape[0], query.shape[1], n_prefix, query.shape[3])
+    out = F.scaled_dot_product_attention(torch.cat([dummy, query], dim=2), key, value, dropout_p=dropout,
+                                         is_causal=True, scale=scaling, enable_gqa=gqa)
+    return out[:, :, n_prefix:]
 
 
 class PrefixAttention(nn.Module):

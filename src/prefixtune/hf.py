@@ -9,10 +9,11 @@ How prefixes reach a Hugging Face model (see docs/design.md):
   its module up in the :class:`~prefixtune.batch.PrefixBatch` given as ``prefixtune_prefix=`` and
   prepends that module's prefix. The prefix never enters the KV cache, so ``generate()`` with or
   without a cache, beam search and sampling all see it at every step.
-* A mask function of the same name is registered with ``AttentionMaskInterface``: it is
-  transformers' SDPA mask with the "skip the mask" shortcuts disabled, so the function always
-  receives the real padding/causal/sliding-window mask over the real keys and adds always-visible
-  prefix columns itself.
+* transformers' SDPA mask function is registered under the same name with
+  ``AttentionMaskInterface`` (without it transformers builds no mask at all and padding would be
+  ignored). The attention function receives the real padding/causal/sliding-window mask over the
+  real keys and adds always-visible prefix columns itself; a mask of None means there is nothing
+  to mask, and the kernel then runs SDPA without a mask tensor.
 * Which modules are which attention (encoder self, decoder self, cross) and the model's head
   counts are explicit per family below; an unsupported family raises :class:`UnsupportedModelError`.
 """
@@ -58,6 +59,11 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     batch: PrefixBatch | None = kwargs.get(PREFIX_KWARG)
     slot = batch.get(module) if batch is not None else None
     causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
+    q_len, k_len = query.shape[2], key.shape[2]
+    if attention_mask is None and causal and 1 < q_len < k_len:
+        # transformers skips the mask here only when the keys past the queries are unused slots
+        # of a pre-allocated cache (queries start at 0): causality aligned to the first key.
+        attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None]
     out, weights = prefix_attention(
         query, key, value,
         prefix_key=slot.key if slot else None,
@@ -74,14 +80,11 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     return out.transpose(1, 2).contiguous(), weights
 
 
-def _mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
-    kwargs["allow_is_causal_skip"] = False
-    kwargs["allow_is_bidirectional_skip"] = False
-    return sdpa_mask(*args, **kwargs)
-
-
+# transformers builds no mask at all for an attention name it has no mask function for; with
+# SDPA's mask function the mask is None exactly when there is nothing to mask (no padding, a
+# pure causal or full pattern), which the kernel turns into its mask-free fast path.
 AttentionInterface.register(ATTN_NAME, _attention)
-AttentionMaskInterface.register(ATTN_NAME, _mask)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
 # --------------------------------------------------------------------------------------------
