@@ -47,10 +47,12 @@ END = "<!-- END bench_core -->"
 TITLE = "# Benchmarks"
 CMD_PREFIX = "Numbers below produced by:"
 
-FULL = dict(batch=8, seq=128, new_tokens=32, fwd_reps=5, gen_reps=3, train_steps=5, mem_reps=2,
-            long_batch=1, long_seq=1024, long_steps=3)
-QUICK = dict(batch=2, seq=16, new_tokens=4, fwd_reps=2, gen_reps=2, train_steps=2, mem_reps=2,
-             long_batch=1, long_seq=64, long_steps=2)
+# *_steps: timed training steps per variant in this process (interleaved, after 1 warm-up each);
+# mem_reps: fresh worker processes per variant for peak memory; mem_steps: steps per worker after 1 warm-up.
+FULL = dict(batch=8, seq=128, new_tokens=32, fwd_reps=5, gen_reps=3, train_steps=6, long_batch=1, long_seq=1024,
+            long_steps=4, mem_reps=2, mem_steps=2)
+QUICK = dict(batch=2, seq=16, new_tokens=4, fwd_reps=2, gen_reps=2, train_steps=2, long_batch=1, long_seq=64,
+             long_steps=2, mem_reps=2, mem_steps=1)
 
 
 def log(msg: str) -> None:
@@ -219,19 +221,19 @@ def profile_generate(bare, pm, ids, mask, gen_kwargs, top: int = 15) -> dict[str
 # 2./3. Training steps (each variant in a fresh subprocess)
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run in a fresh process: build one variant, then warm-up + timed training steps."""
+def build_trainer(variant: str, batch: int, seq: int, gradient_checkpointing: bool = False,
+                  model: Any = None) -> tuple[Any, int, Callable[[], float]]:
+    """``(net, trainable parameter count, step)`` for one training variant; ``step()`` returns the loss."""
     import torch
 
-    setup_torch(spec["threads"])
-    model, _ = load()
-    variant = spec["variant"]
+    if model is None:
+        model, _ = load()
     if variant == "prefixtune":
         import prefixtune as pt
 
         net = pt.wrap(model, pt.PrefixConfig(prefix_length=PREFIX_LENGTH, reparameterization="mlp",
                                              hidden_size=HIDDEN))
-        if spec.get("gradient_checkpointing"):
+        if gradient_checkpointing:
             net.gradient_checkpointing_enable()
         params = net.trainable_parameters()
     elif variant == "peft":
@@ -239,21 +241,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         net = get_peft_model(model, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=PREFIX_LENGTH,
                                                        prefix_projection=True, encoder_hidden_size=HIDDEN))
-        if spec.get("gradient_checkpointing"):
+        if gradient_checkpointing:
             raise ValueError("gradient checkpointing is only benchmarked for prefixtune")
         params = [p for p in net.parameters() if p.requires_grad]
     else:
         raise ValueError(f"unknown variant {variant!r}")
-    net.train()
+    net.train()  # transformers only checkpoints in training mode
     opt = torch.optim.AdamW(params, lr=1e-3)
-    ids, mask = random_batch(model.config.vocab_size, spec["batch"], spec["seq"])
-    n_trainable = sum(p.numel() for p in params)
-
-    gc.collect()
-    rss_loaded = rss_now_kib()
-    maxrss_loaded = maxrss_kib()
-    peak_reset = reset_peak_rss()
-    maxrss_after_reset = maxrss_kib()
+    ids, mask = random_batch(model.config.vocab_size, batch, seq)
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
@@ -261,6 +256,21 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         opt.step()
         return float(loss.detach())
+
+    return net, sum(p.numel() for p in params), step
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run in a fresh process: build one variant, then warm-up + a few steps; report peak RSS."""
+    setup_torch(spec["threads"])
+    variant = spec["variant"]
+    net, n_trainable, step = build_trainer(variant, spec["batch"], spec["seq"],
+                                           bool(spec.get("gradient_checkpointing")))
+    gc.collect()
+    rss_loaded = rss_now_kib()
+    maxrss_loaded = maxrss_kib()
+    peak_reset = reset_peak_rss()
+    maxrss_after_reset = maxrss_kib()
 
     times, losses = [], []
     for i in range(spec["steps"] + 1):  # step 0 is the warm-up
@@ -276,11 +286,46 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     hwm = _status_kib("VmHWM")  # cross-check: the per-process high-water mark since the reset
     return {
         "spec": spec, "trainable_params": n_trainable, "step_times_s": times, "median_step_s": median(times),
-        "losses": losses, "rss_after_load_kib": rss_loaded, "maxrss_after_load_kib": maxrss_loaded,
-        "peak_reset": peak_reset, "maxrss_after_reset_kib": maxrss_after_reset, "peak_rss_kib": peak,
-        "vmhwm_kib": hwm, "min_step_s": min(times),
-        "peak_delta_kib": peak - rss_loaded,
+        "min_step_s": min(times), "losses": losses, "rss_after_load_kib": rss_loaded,
+        "maxrss_after_load_kib": maxrss_loaded, "peak_reset": peak_reset, "maxrss_after_reset_kib": maxrss_after_reset,
+        "peak_rss_kib": peak, "vmhwm_kib": hwm, "peak_delta_kib": peak - rss_loaded,
     }
+
+
+def bench_steps_inprocess(name: str, variants: list[tuple[str, dict[str, Any]]], steps: int,
+                          threads: int) -> dict[str, Any]:
+    """Time training steps of all variants in this process, interleaved step by step.
+
+    Each variant gets its own model copy and one warm-up step; then the order alternates
+    A, B, B, A, A, B, ... so neither variant always runs first.
+    """
+    setup_torch(threads)
+    log(f"{name}: building variants in this process for step timing")
+    model, _ = load()
+    built: dict[str, Callable[[], float]] = {}
+    losses: dict[str, list[float]] = {}
+    for i, (label, kw) in enumerate(variants):
+        m = model if i == len(variants) - 1 else copy.deepcopy(model)
+        _, _, step = build_trainer(model=m, **kw)
+        built[label] = step
+        t0 = time.perf_counter()
+        losses[label] = [step()]
+        log(f"{name}: warm-up {label}: {time.perf_counter() - t0:.3f} s")
+    times: dict[str, list[float]] = {label: [] for label in built}
+    labels = list(built)
+    for r in range(steps):
+        order = labels if r % 2 == 0 else labels[::-1]
+        for label in order:
+            gc.collect()
+            t0 = time.perf_counter()
+            losses[label].append(built[label]())
+            dt = time.perf_counter() - t0
+            times[label].append(dt)
+            log(f"{name} step {r + 1}/{steps} {label}: {dt:.3f} s")
+    del built, model
+    gc.collect()
+    return {"times_s": times, "median_s": {k: median(v) for k, v in times.items()},
+            "min_s": {k: min(v) for k, v in times.items()}, "losses": losses}
 
 
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +356,7 @@ def bench_workers(name: str, variants: list[tuple[str, dict[str, Any]]], reps: i
             log(f"{name} rep {r + 1}/{reps}: {label} (fresh subprocess)")
             res = run_worker(spec)
             runs[label].append(res)
-            log(f"{name} rep {r + 1}/{reps}: {label}: median step {res['median_step_s']:.3f} s, "
+            log(f"{name} rep {r + 1}/{reps}: {label}: median step in the worker {res['median_step_s']:.3f} s, "
                 f"peak RSS {res['peak_rss_kib'] / 1024:.0f} MiB, above loaded {res['peak_delta_kib'] / 1024:.0f} MiB "
                 f"(RSS loaded {res['rss_after_load_kib'] / 1024:.0f} MiB, ru_maxrss at load "
                 f"{res['maxrss_after_load_kib'] / 1024:.0f} MiB)")
@@ -366,7 +411,7 @@ def render(results: dict[str, Any]) -> tuple[str, str]:
     cmd_line = (f"{CMD_PREFIX} `{results['command']}` on {results['date']} "
                 f"(torch {env['torch']}, transformers {env['transformers']}, peft {env['peft']}, "
                 f"`nproc` = {env['nproc_cmd']}, torch threads {env['torch_threads']}, {env['cpu']}).")
-    inf, tr, ck = results["inference"], results["training"]["summary"], results["checkpointing"]["summary"]
+    inf, tr, ck = results["inference"], results["training"], results["checkpointing"]
     L = []
     L.append(BEGIN)
     L.append("## Core overhead: SmolLM2-135M on CPU")
@@ -399,50 +444,53 @@ def render(results: dict[str, Any]) -> tuple[str, str]:
     L.append("")
     L.append(f"### 2. Training step: prefixtune vs PEFT prefix tuning (batch {s['batch']} x {s['seq']} tokens)")
     L.append("")
-    L.append("One step = forward with `labels=input_ids` + backward + `AdamW.step()` on the trainable parameters. "
-             f"Each variant runs in its own fresh subprocess, {s['mem_reps']} interleaved processes per variant, "
-             f"each with 1 warm-up step then {s['train_steps']} timed steps (median over all timed steps). "
-             "Memory = peak RSS (`getrusage(RUSAGE_SELF).ru_maxrss`); \"above loaded\" subtracts the RSS measured "
-             "right after the model was loaded and wrapped (before the first step).")
+    L.append("One step = forward with `labels=input_ids` + backward + `AdamW.step()` on the trainable parameters, "
+             "same batch for both. **Time**: both variants live in the benchmark process (separate model copies), "
+             f"1 warm-up step each, then {s['train_steps']} timed steps each, interleaved step by step (A B B A ...). "
+             f"**Memory**: each variant in its own fresh subprocess ({s['mem_reps']} per variant, interleaved; 1 "
+             f"warm-up + {s['mem_steps']} steps each); peak RSS = `getrusage(RUSAGE_SELF).ru_maxrss` after the "
+             "steps; \"above loaded\" subtracts the RSS measured right after the model was loaded and wrapped, "
+             "before the first step (medians over the processes).")
     L.append("")
     L.append("| variant | trainable params | step median (s) | step min (s) | peak RSS above loaded (MiB) | "
              "total peak RSS (MiB) |")
     L.append("|---|---:|---:|---:|---:|---:|")
     for label, name in (("prefixtune", "prefixtune MLP prefix"), ("peft", "PEFT `PrefixTuningConfig`")):
-        t = tr[label]
-        L.append(f"| {name} | {t['trainable_params']:,} | {fmt_s(t['median_step_s'])} | {fmt_s(t['min_step_s'])} | "
-                 f"{t['peak_delta_mib']:.0f} | {t['peak_rss_mib']:.0f} |")
-    r = results["training"]["ratio_ours_over_peft"]
-    rm = results["training"]["memory_ratio_ours_over_peft"]
+        m = tr["memory"]["summary"][label]
+        L.append(f"| {name} | {m['trainable_params']:,} | {fmt_s(tr['median_s'][label])} | "
+                 f"{fmt_s(tr['min_s'][label])} | {m['peak_delta_mib']:.0f} | {m['peak_rss_mib']:.0f} |")
     L.append("")
-    rmin = tr["prefixtune"]["min_step_s"] / tr["peft"]["min_step_s"]
-    L.append(f"Ratio ours/PEFT: step time **{r:.3f}** (medians; {rmin:.3f} for the minima; target <= 1.0); "
-             f"peak RSS above loaded **{rm:.3f}**.")
+    L.append(f"Ratio ours/PEFT: step time **{tr['ratio_ours_over_peft']:.3f}** (medians; "
+             f"{tr['min_ratio_ours_over_peft']:.3f} for the minima; target <= 1.0); peak RSS above loaded "
+             f"**{tr['memory_ratio_ours_over_peft']:.3f}**.")
+    ws = tr["memory"]["summary"]
+    L.append("")
+    L.append(f"(Step medians inside the memory subprocesses, a noisier process-level comparison: prefixtune "
+             f"{fmt_s(ws['prefixtune']['median_step_s'])} s, PEFT {fmt_s(ws['peft']['median_step_s'])} s.)")
     L.append("")
     L.append("Both use the MLP form with hidden size 512 and the same output width (30 layers x K/V x 3 KV heads "
              "x 64). The trainable counts differ because PEFT sizes the prefix embedding by the K/V width of a "
-             "GQA model (`token_dim` = 192) while prefixtune uses `d_model` (576). Workers are started before "
-             "the benchmark process loads any model (a child's `ru_maxrss` starts at its parent's RSS), and each "
-             "worker resets its kernel peak-RSS counter (`/proc/self/clear_refs`) after loading, so the peak "
-             "belongs to the training steps alone.")
+             "GQA model (`token_dim` = 192) while prefixtune uses `d_model` (576). The memory workers are started "
+             "before the benchmark process loads any model (a child's `ru_maxrss` starts at its parent's RSS), "
+             "and each worker resets its kernel peak-RSS counter (`/proc/self/clear_refs`) after loading, so the "
+             "peak belongs to the training steps alone (`VmHWM` agrees; see the JSON).")
     L.append("")
     L.append(f"### 3. prefixtune training step with and without gradient checkpointing "
              f"(batch {s['long_batch']} x {s['long_seq']} tokens)")
     L.append("")
-    L.append(f"Same method as section 2 ({s['mem_reps']} interleaved fresh processes per variant, 1 warm-up + "
-             f"{s['long_steps']} timed steps each).")
+    L.append(f"Same method as section 2: time in process ({s['long_steps']} interleaved steps each after a warm-up), "
+             f"memory from {s['mem_reps']} fresh processes per variant.")
     L.append("")
     L.append("| variant | step median (s) | step min (s) | peak RSS above loaded (MiB) | total peak RSS (MiB) |")
     L.append("|---|---:|---:|---:|---:|")
     for label, name in (("no_checkpointing", "without gradient checkpointing"),
                         ("checkpointing", "with `gradient_checkpointing_enable()`")):
-        t = ck[label]
-        L.append(f"| {name} | {fmt_s(t['median_step_s'])} | {fmt_s(t['min_step_s'])} | {t['peak_delta_mib']:.0f} | "
-                 f"{t['peak_rss_mib']:.0f} |")
-    c = results["checkpointing"]
+        m = ck["memory"]["summary"][label]
+        L.append(f"| {name} | {fmt_s(ck['median_s'][label])} | {fmt_s(ck['min_s'][label])} | "
+                 f"{m['peak_delta_mib']:.0f} | {m['peak_rss_mib']:.0f} |")
     L.append("")
-    L.append(f"Checkpointing/no checkpointing: peak RSS above loaded **{c['memory_ratio_ckpt_over_none']:.3f}**, "
-             f"step time **{c['time_ratio_ckpt_over_none']:.3f}**.")
+    L.append(f"Checkpointing/no checkpointing: peak RSS above loaded **{ck['memory_ratio_ckpt_over_none']:.3f}**, "
+             f"step time **{ck['time_ratio_ckpt_over_none']:.3f}**.")
     prof = results.get("generate_profile")
     if prof:
         L.append("")
@@ -450,7 +498,9 @@ def render(results: dict[str, Any]) -> tuple[str, str]:
         L.append("")
         L.append(f"Total self CPU time: bare {prof['bare']['total_self_cpu_ms']:.0f} ms "
                  f"({prof['bare']['total_op_calls']:,} op calls), prefix {prof['prefix']['total_self_cpu_ms']:.0f} ms "
-                 f"({prof['prefix']['total_op_calls']:,} op calls). Ops whose self time grew most:")
+                 f"({prof['prefix']['total_op_calls']:,} op calls). Profiled because the generation ratio exceeded "
+                 "1.05 (or `--profile always`); the profiler slows both variants, so compare the deltas. Ops whose "
+                 "self time grew most:")
         L.append("")
         L.append("| op | bare calls | prefix calls | bare ms | prefix ms | delta ms |")
         L.append("|---|---:|---:|---:|---:|---:|")
@@ -520,30 +570,16 @@ def main(argv: list[str] | None = None) -> int:
     # hide the workers' own peaks behind this process's models.
     assert "torch" not in sys.modules, "the parent must stay small until the workers have run"
 
-    # 2. training step, ours vs PEFT
-    common = dict(threads=args.threads, batch=sizes["batch"], seq=sizes["seq"], steps=sizes["train_steps"])
-    tr = bench_workers("training", [("prefixtune", dict(common, variant="prefixtune")),
-                                    ("peft", dict(common, variant="peft"))], sizes["mem_reps"])
-    tr["ratio_ours_over_peft"] = tr["summary"]["prefixtune"]["median_step_s"] / tr["summary"]["peft"]["median_step_s"]
-    tr["memory_ratio_ours_over_peft"] = (tr["summary"]["prefixtune"]["peak_delta_mib"]
-                                         / tr["summary"]["peft"]["peak_delta_mib"])
-    results["training"] = tr
-    log(f"training: ours/PEFT step time ratio {tr['ratio_ours_over_peft']:.3f}, "
-        f"peak-above-loaded ratio {tr['memory_ratio_ours_over_peft']:.3f}")
-
-    # 3. gradient checkpointing at long sequence
-    long = dict(threads=args.threads, batch=sizes["long_batch"], seq=sizes["long_seq"], steps=sizes["long_steps"],
-                variant="prefixtune")
-    ck = bench_workers("checkpointing", [("no_checkpointing", dict(long, gradient_checkpointing=False)),
-                                         ("checkpointing", dict(long, gradient_checkpointing=True))],
-                       sizes["mem_reps"])
-    ck["memory_ratio_ckpt_over_none"] = (ck["summary"]["checkpointing"]["peak_delta_mib"]
-                                         / ck["summary"]["no_checkpointing"]["peak_delta_mib"])
-    ck["time_ratio_ckpt_over_none"] = (ck["summary"]["checkpointing"]["median_step_s"]
-                                       / ck["summary"]["no_checkpointing"]["median_step_s"])
-    results["checkpointing"] = ck
-    log(f"checkpointing: memory ratio {ck['memory_ratio_ckpt_over_none']:.3f}, "
-        f"time ratio {ck['time_ratio_ckpt_over_none']:.3f}")
+    # Peak memory: fresh worker processes, interleaved.
+    mem = dict(threads=args.threads, steps=sizes["mem_steps"])
+    tr_mem = bench_workers("memory/training", [
+        ("prefixtune", dict(mem, variant="prefixtune", batch=sizes["batch"], seq=sizes["seq"])),
+        ("peft", dict(mem, variant="peft", batch=sizes["batch"], seq=sizes["seq"]))], sizes["mem_reps"])
+    ck_mem = bench_workers("memory/checkpointing", [
+        ("no_checkpointing", dict(mem, variant="prefixtune", batch=sizes["long_batch"], seq=sizes["long_seq"],
+                                  gradient_checkpointing=False)),
+        ("checkpointing", dict(mem, variant="prefixtune", batch=sizes["long_batch"], seq=sizes["long_seq"],
+                               gradient_checkpointing=True))], sizes["mem_reps"])
 
     # 1. inference (in this process)
     inf = bench_inference(sizes, args.threads)
@@ -557,6 +593,33 @@ def main(argv: list[str] | None = None) -> int:
                 f"({d['bare_calls']} -> {d['prefix_calls']} calls)")
     del bare, pm
     gc.collect()
+
+    # 2. training step, ours vs PEFT: time in this process (step-level interleaving), memory from workers
+    tr = bench_steps_inprocess("training", [
+        ("prefixtune", dict(variant="prefixtune", batch=sizes["batch"], seq=sizes["seq"])),
+        ("peft", dict(variant="peft", batch=sizes["batch"], seq=sizes["seq"]))], sizes["train_steps"], args.threads)
+    tr["memory"] = tr_mem
+    tr["ratio_ours_over_peft"] = tr["median_s"]["prefixtune"] / tr["median_s"]["peft"]
+    tr["min_ratio_ours_over_peft"] = tr["min_s"]["prefixtune"] / tr["min_s"]["peft"]
+    tr["memory_ratio_ours_over_peft"] = (tr_mem["summary"]["prefixtune"]["peak_delta_mib"]
+                                         / tr_mem["summary"]["peft"]["peak_delta_mib"])
+    results["training"] = tr
+    log(f"training: ours/PEFT step time ratio {tr['ratio_ours_over_peft']:.3f}, "
+        f"peak-above-loaded ratio {tr['memory_ratio_ours_over_peft']:.3f}")
+
+    # 3. gradient checkpointing at long sequence
+    ck = bench_steps_inprocess("checkpointing", [
+        ("no_checkpointing", dict(variant="prefixtune", batch=sizes["long_batch"], seq=sizes["long_seq"],
+                                  gradient_checkpointing=False)),
+        ("checkpointing", dict(variant="prefixtune", batch=sizes["long_batch"], seq=sizes["long_seq"],
+                               gradient_checkpointing=True))], sizes["long_steps"], args.threads)
+    ck["memory"] = ck_mem
+    ck["memory_ratio_ckpt_over_none"] = (ck_mem["summary"]["checkpointing"]["peak_delta_mib"]
+                                         / ck_mem["summary"]["no_checkpointing"]["peak_delta_mib"])
+    ck["time_ratio_ckpt_over_none"] = ck["median_s"]["checkpointing"] / ck["median_s"]["no_checkpointing"]
+    results["checkpointing"] = ck
+    log(f"checkpointing: memory ratio {ck['memory_ratio_ckpt_over_none']:.3f}, "
+        f"time ratio {ck['time_ratio_ckpt_over_none']:.3f}")
 
     results["wall_s"] = time.perf_counter() - t_start
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,7 @@ def prefix_attention(
     softcap: float | None = None,
     position_bias: torch.Tensor | None = None,
     need_weights: bool = False,
+    prefix_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over ``[prefix; keys]``.
 
@@ -72,6 +73,8 @@ def prefix_attention(
         position_bias: additive ``(B or 1, H, q, k)`` bias over the real keys (T5); the prefix
             gets no bias.
         need_weights: also return the attention probabilities ``(B, H, q, P + k)``.
+        prefix_gate: ``(H_kv,)``: attend to the real keys and to the prefix separately and return
+            ``attn(real) + tanh(gate) * attn(prefix)`` (LLaMA-Adapter's zero-init gating).
 
     Returns:
         ``(out, weights)``: ``out`` is ``(B, H, q, d)``; ``weights`` is None unless asked for.
@@ -86,6 +89,12 @@ def prefix_attention(
     if prefix_key is not None:
         prefix_key = _rows(prefix_key.to(key.dtype), batch)
         prefix_value = _rows(prefix_value.to(value.dtype), batch)
+    if prefix_key is not None and prefix_gate is not None:
+        out, weights = prefix_attention(query, key, value, attention_mask=attention_mask, is_causal=is_causal,
+                                        scaling=scaling, dropout=dropout, softcap=softcap,
+                                        position_bias=position_bias, need_weights=need_weights)
+        gate = torch.tanh(prefix_gate.to(query.dtype)).repeat_interleave(heads // key.shape[1])[None, :, None, None]
+        return out + gate * _prefix_only(query, prefix_key, prefix_value, prefix_mask, scaling, softcap), weights
 
     fast = (attention_mask is None and prefix_mask is None and position_bias is None and softcap is None
             and not need_weights and (not is_causal or q_len == 1 or q_len == k_len))
@@ -148,6 +157,20 @@ def prefix_attention(
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=True)
     return torch.matmul(weights, value), weights
+
+
+def _prefix_only(query: torch.Tensor, prefix_key: torch.Tensor, prefix_value: torch.Tensor,
+                 prefix_mask: torch.Tensor | None, scaling: float, softcap: float | None) -> torch.Tensor:
+    """Attention over the prefix alone ``(B, H, q, d)``; rows without a prefix give zeros."""
+    n_rep = query.shape[1] // prefix_key.shape[1]
+    scores = torch.matmul(query, repeat_kv(prefix_key, n_rep).transpose(-1, -2)) * scaling  # (B, H, q, P)
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if prefix_mask is not None:
+        seen = _rows(prefix_mask.to(torch.bool), query.shape[0])[:, None, None, :]
+        scores = scores.masked_fill(~seen, float("-inf"))
+    weights = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0).to(query.dtype)
+    return torch.matmul(weights, repeat_kv(prefix_value, n_rep))
 
 
 def _unmasked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_key: torch.Tensor | None,

@@ -23,11 +23,14 @@ class SlotPrefix:
     Fields:
         key, value: ``(B or 1, H_kv, P, head_dim)``.
         mask: ``(B or 1, P)`` bool, True where a slot is a real prefix position; None = all real.
+        gate: ``(H_kv,)`` gate logits (the prefix's attention is scaled by ``tanh(gate)`` and
+            added to the real tokens' attention), or None for plain joint attention.
     """
 
     key: torch.Tensor
     value: torch.Tensor
     mask: torch.Tensor | None = None
+    gate: torch.Tensor | None = None
 
 
 class PrefixBatch:
@@ -38,23 +41,30 @@ class PrefixBatch:
         lengths: ``(B,)`` or ``(1,)`` long, the prefix length of each row (positions shift by it).
     """
 
-    def __init__(self, slots: dict[nn.Module, SlotPrefix], lengths: torch.Tensor) -> None:
+    def __init__(self, slots: dict[nn.Module, SlotPrefix], lengths: torch.Tensor,
+                 capture: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.slots = slots
         self.lengths = lengths
+        #: when a dict, each attention module stores its real keys/values ``(B, H_kv, n, d)`` here
+        self.capture = capture
 
     def get(self, module: nn.Module) -> SlotPrefix | None:
         return self.slots.get(module)
 
     @classmethod
     def single(cls, kvs: dict[str, torch.Tensor], layers: dict[str, tuple[int, ...]],
-               modules: dict[Slot, nn.Module]) -> "PrefixBatch":
-        """One prefix for every row: ``kvs[loc]`` is ``(len(layers[loc]), 2, H_kv, l, d)``."""
+               modules: dict[Slot, nn.Module], gates: dict[str, torch.Tensor] | None = None) -> "PrefixBatch":
+        """One prefix for every row: ``kvs[loc]`` is ``(len(layers[loc]), 2, H_kv, l, d)``;
+        ``gates[loc]`` (optional) is ``(len(layers[loc]), H_kv)``."""
         slots: dict[nn.Module, SlotPrefix] = {}
         length = 0
+        gates = gates or {}
         for loc, kv in kvs.items():
             length = kv.shape[3]
+            gate = gates.get(loc)
             for i, layer in enumerate(layers[loc]):
-                slots[modules[(loc, layer)]] = SlotPrefix(kv[i, 0][None], kv[i, 1][None])  # (1, H_kv, l, d)
+                slots[modules[(loc, layer)]] = SlotPrefix(kv[i, 0][None], kv[i, 1][None],  # (1, H_kv, l, d)
+                                                          gate=None if gate is None else gate[i])
         device = next(iter(kvs.values())).device
         return cls(slots, torch.tensor([length], device=device))
 

@@ -2,12 +2,13 @@
 
 A saved adapter is a directory holding:
 
-* ``prefixtune_config.json`` — format version, the :class:`PrefixConfig`, the base model's
+* ``prefixtune_config.json`` — format version, the method and its config, the base model's
   layout, the prefixed layers, and a SHA-256 for every tensor file (written last);
-* ``prefix.safetensors`` — the folded K/V per location, ``(layers, 2, kv_heads, l, head_dim)``,
-  all inference needs;
-* ``trainable.safetensors`` — the full trainable state (embedding + MLP) of an unfolded MLP
-  prefix, so training can resume.
+* ``adapter.safetensors`` — what inference needs: the folded prefix K/V per location
+  (``prefix.<location>``: ``(layers, 2, kv_heads, l, head_dim)``), the folded prompt
+  (``prompt``: ``(l, d_model)``) and the head (``head.<name>``);
+* ``trainable.safetensors`` — the full trainable state (embedding + MLP, prompt encoder, head)
+  when some part is reparameterized, so training can resume.
 
 Nothing is ever unpickled. A missing, partial or altered file fails with :class:`CheckpointError`.
 """
@@ -25,12 +26,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .config import PrefixConfig
-from .layout import ModelLayout
+from .layout import ModelLayout, ShapeMismatchError
+from .methods import MethodConfig, Parts, build_parts, config_from_dict
 from .prefix import DirectPrefix, PrefixStack
+from .prompt import PromptEmbedding
 
 CONFIG_NAME = "prefixtune_config.json"
-PREFIX_NAME = "prefix.safetensors"
+ADAPTER_NAME = "adapter.safetensors"
 TRAINABLE_NAME = "trainable.safetensors"
 FORMAT_VERSION = 1
 
@@ -59,26 +61,47 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _cpu(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}{k}": v.detach().float().contiguous().cpu() for k, v in state.items()}
+
+
+def inference_tensors(parts: Parts) -> dict[str, torch.Tensor]:
+    """The folded tensors inference needs, by name."""
+    out: dict[str, torch.Tensor] = {}
+    if parts.prefix is not None:
+        out.update(_cpu({loc: enc.kv for loc, enc in parts.prefix.folded().encoders.items()}, "prefix."))
+    if parts.prompt is not None:
+        out.update(_cpu({"prompt": parts.prompt.folded().embedding}, ""))
+    if parts.head is not None:
+        out.update(_cpu(parts.head.state_dict(), "head."))
+    return out
+
+
+def _is_folded(parts: Parts) -> bool:
+    return (parts.prefix is None or parts.prefix.is_folded) and (parts.prompt is None or parts.prompt.is_folded)
+
+
 def save_adapter(model: Any, path: str | os.PathLike, base_model_name: str | None = None,
                  extra: dict[str, Any] | None = None) -> None:
     """Save a :class:`~prefixtune.model.PrefixModel`'s adapter to directory ``path``."""
     path = Path(path)
-    stack: PrefixStack = model.prefix
-    folded = stack.folded()
-    files: dict[str, bytes] = {
-        PREFIX_NAME: st_save({loc: enc.kv.detach().float().contiguous().cpu() for loc, enc in folded.encoders.items()}),
-    }
-    if not stack.is_folded:
-        state = {k: v.detach().float().contiguous().cpu() for k, v in stack.state_dict().items()}
+    parts: Parts = model.parts
+    files: dict[str, bytes] = {ADAPTER_NAME: st_save(inference_tensors(parts))}
+    if not _is_folded(parts):
+        state: dict[str, torch.Tensor] = {}
+        for name in ("prefix", "prompt", "head"):
+            part = getattr(parts, name)
+            if part is not None:
+                state.update(_cpu(part.state_dict(), f"{name}."))
         files[TRAINABLE_NAME] = st_save(state)
     manifest = {
         "format_version": FORMAT_VERSION,
         "method": model.config.method,
         "config": model.config.to_dict(),
         "layout": model.layout.to_dict(),
-        "prefixed_layers": {loc: list(layers) for loc, layers in stack.layers.items()},
+        "prefixed_layers": {loc: list(v) for loc, v in parts.prefix.layers.items()} if parts.prefix else {},
         "base_model": base_model_name or getattr(model.base_model.config, "_name_or_path", None),
-        "folded": stack.is_folded,
+        "folded": _is_folded(parts),
         "files": {name: _sha256(data) for name, data in files.items()},
     }
     if extra:
@@ -122,57 +145,85 @@ def read_tensors(path: Path, name: str, manifest: dict[str, Any]) -> dict[str, t
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
 
 
-def load_stack(path: str | os.PathLike, layout: ModelLayout, folded: bool = False) -> tuple[PrefixConfig, PrefixStack]:
-    """Read an adapter's config and prefix, checked against the model ``layout`` it goes into.
+def _load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, file: Path) -> None:
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(sub, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{file}: tensors do not match the config: {e}") from None
+
+
+def parts_from_inference_tensors(tensors: dict[str, torch.Tensor], fresh: Parts, file: Path) -> Parts:
+    """Folded parts from an ``adapter.safetensors`` mapping, shaped like ``fresh``."""
+    parts = Parts(head=fresh.head)
+    if fresh.prefix is not None:
+        encoders = {}
+        for loc, layers in fresh.prefix.layers.items():
+            kv = tensors.get(f"prefix.{loc}")
+            expect = tuple(fresh.prefix.encoders[loc]().shape)
+            if kv is None or tuple(kv.shape) != expect:
+                got = None if kv is None else tuple(kv.shape)
+                raise CheckpointError(f"{file}: prefix.{loc} has shape {got}, expected {expect}")
+            encoders[loc] = DirectPrefix(kv, dropout=fresh.prefix.encoders[loc].dropout.p)
+        parts.prefix = PrefixStack(encoders, fresh.prefix.layers)
+    if fresh.prompt is not None:
+        vectors = tensors.get("prompt")
+        folded = fresh.prompt.folded()
+        if vectors is None or vectors.shape != folded.embedding.shape:
+            raise CheckpointError(f"{file}: prompt has shape {None if vectors is None else tuple(vectors.shape)}, "
+                                  f"expected {tuple(folded.embedding.shape)}")
+        folded.embedding.data.copy_(vectors)
+        parts.prompt = folded
+    if fresh.head is not None:
+        _load_state(fresh.head, tensors, "head.", file)
+    return parts
+
+
+def load_parts(path: str | os.PathLike, layout: ModelLayout, folded: bool = False) -> tuple[MethodConfig, Parts]:
+    """Read an adapter's config and parts, checked against the model ``layout`` it goes into.
 
     Args:
-        folded: load only the folded K/V (inference) even if the trainable state is there.
+        folded: load only the inference tensors even if the trainable state is there.
     """
     path = Path(path)
     manifest = read_manifest(path)
-    if manifest.get("method") != "prefix":
-        raise CheckpointError(f"{path}: adapter method {manifest.get('method')!r} is not a prefix")
-    config = PrefixConfig.from_dict(manifest["config"])
+    try:
+        config = config_from_dict({**manifest["config"], "method": manifest.get("method")})
+    except ValueError as e:
+        raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
     saved = ModelLayout.from_dict(manifest["layout"])
-    layers = {loc: tuple(v) for loc, v in manifest["prefixed_layers"].items()}
+    layers = {loc: tuple(v) for loc, v in manifest.get("prefixed_layers", {}).items()}
     layout.check_compatible(saved, tuple(layers))
-    fresh = PrefixStack.create(layout, config)
-    if tuple(sorted(fresh.layers.items())) != tuple(sorted(layers.items())):
+    if saved.d_model != layout.d_model:
+        raise ShapeMismatchError(f"adapter was made for a model of hidden size {saved.d_model}, this "
+                                 f"{layout.model_type} model has {layout.d_model}; load it into the base model it was trained on")
+    fresh = build_parts(config, layout, initialize=False)
+    if fresh.prefix is not None and tuple(sorted(fresh.prefix.layers.items())) != tuple(sorted(layers.items())):
         raise CheckpointError(f"{path}: prefixed layers {layers} do not follow from its config")
     if TRAINABLE_NAME in manifest["files"] and not folded:
         state = read_tensors(path, TRAINABLE_NAME, manifest)
-        try:
-            fresh.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise CheckpointError(f"{path / TRAINABLE_NAME}: tensors do not match the config: {e}") from None
+        for name in ("prefix", "prompt", "head"):
+            part = getattr(fresh, name)
+            if part is not None:
+                _load_state(part, state, f"{name}.", path / TRAINABLE_NAME)
         return config, fresh
-    kvs = read_tensors(path, PREFIX_NAME, manifest)
-    encoders = {}
-    for loc in layers:
-        if loc not in kvs:
-            raise CheckpointError(f"{path / PREFIX_NAME}: no tensor for location {loc!r}")
-        kv = kvs[loc]
-        shape = layout.location(loc)
-        expect = (len(layers[loc]), 2, shape.num_kv_heads, config.prefix_length, shape.head_dim)
-        if tuple(kv.shape) != expect:
-            raise CheckpointError(f"{path / PREFIX_NAME}: {loc} has shape {tuple(kv.shape)}, expected {expect}")
-        encoders[loc] = DirectPrefix(kv, dropout=config.dropout)
-    return config, PrefixStack(encoders, layers)
+    tensors = read_tensors(path, ADAPTER_NAME, manifest)
+    return config, parts_from_inference_tensors(tensors, fresh, path / ADAPTER_NAME)
 
 
 def load(model: Any, path: str | os.PathLike, folded: bool = False) -> Any:
     """Wrap ``model`` with the adapter saved at ``path``; returns a :class:`PrefixModel`.
 
     The full trainable state is restored when present (training can resume); ``folded=True``
-    loads only the static K/V for inference.
+    loads only the static tensors for inference.
 
     Raises:
-        CheckpointError: missing/corrupt files, wrong method or version.
+        CheckpointError: missing/corrupt files, unknown method or version.
         ShapeMismatchError: the adapter was made for a model of another shape.
     """
     from .hf import describe
     from .model import PrefixModel
 
     layout, _ = describe(model)
-    config, stack = load_stack(path, layout, folded=folded)
-    return PrefixModel(model, config, stack)
+    config, parts = load_parts(path, layout, folded=folded)
+    return PrefixModel(model, config, parts)

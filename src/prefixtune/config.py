@@ -41,6 +41,13 @@ class PrefixConfig:
             ``"natural"`` keeps ``0..n-1``. Applies to models whose forward takes position ids.
         init_std: standard deviation of the random initialization (embedding for ``"mlp"``,
             the K/V tensors for ``"direct"``).
+        init: ``"random"``; ``"text"``: the prefix starts as the frozen model's own keys/values
+            for ``init_text`` (tokenized, repeated or cut to ``l``), as in the paper (an MLP is
+            first fitted to produce them); ``"vocab"``: the same for random vocabulary tokens.
+        init_text: the text for ``init="text"``, e.g. ``"table-to-text:"``.
+        gate: a learned per-layer, per-key/value-head gate on the prefix's share of attention,
+            zero at the start (LLaMA-Adapter): ``out = attn(real) + tanh(g) * attn(prefix)``,
+            so a fresh adapter reproduces the base model exactly.
     """
 
     prefix_length: int = 10
@@ -51,6 +58,9 @@ class PrefixConfig:
     exclude_layers: tuple[int, ...] = ()
     position_mode: str = "shifted"
     init_std: float = 0.02
+    init: str = "random"
+    init_text: str | None = None
+    gate: bool = False
     method: str = field(default="prefix", init=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +81,10 @@ class PrefixConfig:
             raise ConfigError(f"locations must be a non-empty subset of {LOCATIONS}, got {self.locations}")
         if any(i < 0 for i in self.exclude_layers):
             raise ConfigError(f"exclude_layers must hold non-negative layer indices, got {self.exclude_layers}")
+        if self.init not in ("random", "text", "vocab"):
+            raise ConfigError(f"init must be 'random', 'text' or 'vocab', got {self.init!r}")
+        if self.init == "text" and not self.init_text:
+            raise ConfigError("init='text' needs init_text (e.g. 'table-to-text:')")
         if self.position_mode not in POSITION_MODES:
             raise ConfigError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
 

@@ -58,6 +58,8 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     """
     batch: PrefixBatch | None = kwargs.get(PREFIX_KWARG)
     slot = batch.get(module) if batch is not None else None
+    if batch is not None and batch.capture is not None:
+        batch.capture[module] = (key.detach(), value.detach())
     causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
     q_len, k_len = query.shape[2], key.shape[2]
     if attention_mask is None and causal and 1 < q_len < k_len:
@@ -76,6 +78,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         softcap=softcap,
         position_bias=position_bias,
         need_weights=bool(kwargs.get("output_attentions", False)),
+        prefix_gate=slot.gate if slot else None,
     )
     return out.transpose(1, 2).contiguous(), weights
 

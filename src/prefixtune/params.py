@@ -48,16 +48,30 @@ def expected_counts(layout: ModelLayout, config: PrefixConfig) -> ParameterCount
     return ParameterCount(trainable, stored, layout.base_parameters)
 
 
-def count_parameters(model: object, config: PrefixConfig | None = None) -> ParameterCount:
-    """Trainable and stored prefix parameters, absolute and as % of the base model.
+def count_parts(parts: object, base: int) -> ParameterCount:
+    """Counts of built parts (:class:`~prefixtune.methods.Parts`): trainable, and stored once folded."""
+    own = [m for m in (parts.prefix, parts.prompt, parts.head) if m is not None]
+    trainable = sum(p.numel() for m in own for p in m.parameters())
+    folded = [parts.prefix.folded() if parts.prefix is not None else None,
+              parts.prompt.folded() if parts.prompt is not None else None, parts.head]
+    stored = sum(p.numel() for m in folded if m is not None for p in m.parameters())
+    return ParameterCount(trainable, stored, base)
+
+
+def count_parameters(model: object, config: object | None = None) -> ParameterCount:
+    """Trainable and stored adapter parameters, absolute and as % of the base model.
 
     Args:
         model: a :class:`~prefixtune.PrefixModel`, or a plain transformers model together
             with ``config`` (to plan before wrapping anything).
     """
     from .hf import describe
+    from .methods import build_parts
 
     if hasattr(model, "count_parameters") and config is None:
         return model.count_parameters()
     layout, _ = describe(model)
-    return expected_counts(layout, config or PrefixConfig())
+    config = config or PrefixConfig()
+    if isinstance(config, PrefixConfig):
+        return expected_counts(layout, config)
+    return count_parts(build_parts(config, layout, initialize=False), layout.base_parameters)

@@ -81,21 +81,27 @@ class PrefixStack(nn.Module):
             that location's K/V tensor).
     """
 
-    def __init__(self, encoders: dict[str, nn.Module], layers: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, encoders: dict[str, nn.Module], layers: dict[str, tuple[int, ...]],
+                 gates: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.layers = dict(layers)
+        # (prefixed_layers, kv_heads) per location, zero-initialized: see PrefixConfig.gate
+        self.gates = nn.ParameterDict({loc: nn.Parameter(g) for loc, g in (gates or {}).items()})
 
     @classmethod
     def create(cls, layout: ModelLayout, config: PrefixConfig) -> "PrefixStack":
         """Fresh, randomly initialized prefixes for every location of ``layout`` named in ``config``."""
         encoders: dict[str, nn.Module] = {}
         layers: dict[str, tuple[int, ...]] = {}
+        gates: dict[str, torch.Tensor] = {}
         for shape in layout.locations:
             if shape.location not in config.locations:
                 continue
             layers[shape.location] = prefixed_layers(shape, config)
             n = len(layers[shape.location])
+            if config.gate:
+                gates[shape.location] = torch.zeros(n, shape.num_kv_heads)
             if config.reparameterization == "mlp":
                 encoders[shape.location] = MLPPrefix(
                     config.prefix_length, layout.d_model, config.hidden_size, n, shape.num_kv_heads,
@@ -109,7 +115,7 @@ class PrefixStack(nn.Module):
                 f"none of the configured locations {list(config.locations)} exists in this "
                 f"{layout.model_type} model (it has {have}); set PrefixConfig.locations accordingly"
             )
-        return cls(encoders, layers)
+        return cls(encoders, layers, gates)
 
     def forward(self) -> dict[str, torch.Tensor]:
         """Per location: K/V of shape ``(prefixed_layers, 2, kv_heads, l, head_dim)``."""
@@ -133,4 +139,4 @@ class PrefixStack(nn.Module):
         for loc, kv in kvs.items():
             direct = DirectPrefix(kv.detach().clone(), dropout=self.encoders[loc].dropout.p)
             encoders[loc] = direct
-        return PrefixStack(encoders, self.layers)
+        return PrefixStack(encoders, self.layers, {loc: g.detach().clone() for loc, g in self.gates.items()})
