@@ -39,6 +39,8 @@ class PrefixConfig:
         position_mode: ``"shifted"`` (default) gives the real tokens position ids ``l..l+n-1``,
             as the paper's GPT-2 code and PEFT do, so PEFT checkpoints reproduce exactly;
             ``"natural"`` keeps ``0..n-1``. Applies to models whose forward takes position ids.
+            Default: ``"shifted"``, or ``"natural"`` with ``gate=True`` (so that a fresh gated
+            prefix reproduces the base model exactly).
         init_std: standard deviation of the random initialization (embedding for ``"mlp"``,
             the K/V tensors for ``"direct"``).
         init: ``"random"``; ``"text"``: the prefix starts as the frozen model's own keys/values
@@ -56,7 +58,7 @@ class PrefixConfig:
     dropout: float = 0.0
     locations: tuple[str, ...] = LOCATIONS
     exclude_layers: tuple[int, ...] = ()
-    position_mode: str = "shifted"
+    position_mode: str | None = None
     init_std: float = 0.02
     init: str = "random"
     init_text: str | None = None
@@ -85,6 +87,8 @@ class PrefixConfig:
             raise ConfigError(f"init must be 'random', 'text' or 'vocab', got {self.init!r}")
         if self.init == "text" and not self.init_text:
             raise ConfigError("init='text' needs init_text (e.g. 'table-to-text:')")
+        if self.position_mode is None:
+            self.position_mode = "natural" if self.gate else "shifted"
         if self.position_mode not in POSITION_MODES:
             raise ConfigError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
 

@@ -40,7 +40,7 @@ class PTuningV2Config:
     dropout: float = 0.1
     init_std: float = 0.02
     exclude_layers: tuple[int, ...] = ()
-    position_mode: str = "shifted"
+    position_mode: str | None = None
     task: str = "sequence-classification"
     num_labels: int = 2
     pooling: str = "cls"

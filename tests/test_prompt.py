@@ -1,0 +1,157 @@
+"""Prompt tuning and P-tuning (input prompts) on every family, against the bare model as oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prefixtune as pt
+from tiny import DECODERS, ENCODERS, FAMILIES, SEQ2SEQ, pad_token, tiny_model, token_ids
+
+L = 3
+
+
+def make(family, **cfg):
+    cfg.setdefault("num_virtual_tokens", L)
+    return pt.wrap(tiny_model(family), pt.PromptConfig(**cfg)).eval()
+
+
+def with_decoder(family, kw, rows):
+    if family in SEQ2SEQ:
+        kw["decoder_input_ids"] = token_ids(family, rows, 4, seed=9)
+    return kw
+
+
+@pytest.mark.parametrize("encoder", ["none", "mlp", "lstm"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_equals_bare_model_on_concatenated_embeddings(family, encoder):
+    pm = make(family, encoder=encoder, encoder_hidden_size=16)
+    ids = token_ids(family, 2, 6)
+    kw = with_decoder(family, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 2)
+    got = pm(**kw)
+    with torch.no_grad():
+        prompt = pm.prompt()
+    base = pm.unwrap()
+    embeds = base.get_input_embeddings()(ids)
+    ref = dict(kw)
+    ref.pop("input_ids")
+    ref["inputs_embeds"] = torch.cat([prompt.expand(2, -1, -1), embeds], 1)
+    ref["attention_mask"] = torch.ones(2, L + 6, dtype=torch.long)
+    want = base(**ref).logits
+    if family not in SEQ2SEQ:
+        want = want[:, L:]
+    torch.testing.assert_close(got.logits, want, atol=2e-5, rtol=1e-4)
+    assert got.logits.shape[1] == (4 if family in SEQ2SEQ else 6)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("family", DECODERS + ENCODERS + ("t5",))
+def test_padded_rows_equal_rows_alone(family, side):
+    pm = make(family)
+    rows = [token_ids(family, 1, n, seed=n)[0] for n in (6, 3, 5)]
+    n = 6
+    ids = torch.full((3, n), pad_token(family))
+    mask = torch.zeros(3, n, dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(n - len(r), n) if side == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = r, 1
+    kw = with_decoder(family, {"input_ids": ids, "attention_mask": mask}, 3)
+    batched = pm(**kw).logits
+    for i, r in enumerate(rows):
+        one = {"input_ids": r[None], "attention_mask": torch.ones(1, len(r), dtype=torch.long)}
+        if family in SEQ2SEQ:
+            one["decoder_input_ids"] = kw["decoder_input_ids"][i:i + 1]
+            torch.testing.assert_close(batched[i], pm(**one).logits[0], atol=2e-5, rtol=1e-4)
+        else:
+            torch.testing.assert_close(batched[i][mask[i].bool()], pm(**one).logits[0], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_labels_never_cover_virtual_tokens(family):
+    pm = make(family)
+    ids = token_ids(family, 2, 6)
+    labels = ids.clone()
+    labels[:, :2] = -100
+    out = pm(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    logits = out.logits
+    if family in DECODERS:  # shifted next-token loss over the real tokens only
+        want = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+    else:
+        want = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
+
+
+def test_token_type_ids_are_extended_for_bert():
+    pm = make("bert")
+    ids = token_ids("bert", 2, 6)
+    tt = torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)
+    out = pm(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=tt).logits
+    assert out.shape == (2, 6, 96)
+    assert not torch.equal(out, pm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "bart"])
+def test_generate_first_step_and_padding(family):
+    pm = make(family)
+    ids, mask = token_ids(family, 2, 5), torch.ones(2, 5, dtype=torch.long)
+    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=pad_token(family), eos_token_id=None)
+    out = pm.generate(input_ids=ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True, **kw)
+    fwd = {"input_ids": ids, "attention_mask": mask}
+    if family in SEQ2SEQ:
+        fwd["decoder_input_ids"] = torch.full((2, 1), pm.base_model.generation_config.decoder_start_token_id)
+    else:
+        assert torch.equal(out.sequences[:, :5], ids), "decoder-only output starts with the prompt ids"
+    torch.testing.assert_close(out.scores[0], pm(**fwd).logits[:, -1], atol=1e-5, rtol=1e-4)
+    if family in DECODERS:
+        padded = torch.cat([torch.full((1, 2), pad_token(family)), ids[1:, :3]], 1)
+        pmask = torch.tensor([[0, 0, 1, 1, 1]])
+        a = pm.generate(input_ids=padded, attention_mask=pmask, **kw)[:, 5:]
+        b = pm.generate(input_ids=ids[1:, :3], attention_mask=torch.ones(1, 3, dtype=torch.long), **kw)[:, 3:]
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert", "t5"])
+def test_only_the_prompt_trains(family):
+    pm = make(family, encoder="lstm", encoder_hidden_size=16).train()
+    ids = token_ids(family, 2, 6)
+    kw = with_decoder(family, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}, 2)
+    if family in SEQ2SEQ:
+        kw["labels"] = kw.pop("decoder_input_ids")
+    pm(**kw).loss.backward()
+    grads = {n for n, p in pm.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith("prompt.") for n in grads)
+    assert pm.count_parameters().stored == L * pm.layout.d_model
+
+
+def test_inits():
+    class Tok:
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) % 90 + 3 for c in text]}
+
+    model = tiny_model("llama")
+    emb = model.get_input_embeddings().weight
+    text = pt.wrap(model, pt.PromptConfig(num_virtual_tokens=5, init="text", init_text="abc"), tokenizer=Tok())
+    want = emb[torch.tensor([ord(c) % 90 + 3 for c in "abcab"])]
+    torch.testing.assert_close(text.prompt.embedding.data, want)
+    labels = pt.wrap(tiny_model("llama"), pt.PromptConfig(num_virtual_tokens=4, init="labels", label_words=("no", "yes")),
+                     tokenizer=Tok())
+    torch.testing.assert_close(labels.prompt.embedding.data[0], emb[torch.tensor([ord("n") % 90 + 3, ord("o") % 90 + 3])].mean(0))
+    vocab = pt.wrap(tiny_model("llama"), pt.PromptConfig(num_virtual_tokens=4, init="vocab")).prompt.embedding.data
+    assert all(any(torch.equal(row, e) for e in emb) for row in vocab)
+    rnd = pt.wrap(tiny_model("llama"), pt.PromptConfig(num_virtual_tokens=4, init_range=0.5)).prompt.embedding.data
+    assert rnd.abs().max() <= 0.5
+    with pytest.raises(pt.ConfigError, match="tokenizer"):
+        pt.wrap(tiny_model("llama"), pt.PromptConfig(init="text", init_text="hi"))
+
+
+@pytest.mark.parametrize("encoder", ["none", "lstm"])
+def test_save_load_and_fold(tmp_path, encoder):
+    pm = make("gpt2", encoder=encoder, encoder_hidden_size=16)
+    ids = token_ids("gpt2", 2, 5)
+    want = pm(input_ids=ids).logits
+    pm.save_pretrained(tmp_path)
+    loaded = pt.load(tiny_model("gpt2"), tmp_path).eval()
+    torch.testing.assert_close(loaded(input_ids=ids).logits, want, rtol=0, atol=0)
+    assert loaded.prompt.is_folded == (encoder == "none")
+    folded = pt.load(tiny_model("gpt2"), tmp_path, folded=True).eval()
+    torch.testing.assert_close(folded(input_ids=ids).logits, want, atol=1e-6, rtol=1e-5)
