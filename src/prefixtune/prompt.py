@@ -164,11 +164,14 @@ def _token_ids(tokenizer: Any, text: str) -> list[int]:
 
 
 def insert_prompt(prompt: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor | None,
-                  extra: dict[str, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor]:
+                  extra: dict[str, torch.Tensor | None], prompt_mask: torch.Tensor | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any], torch.Tensor]:
     """Put ``prompt`` in front of each row's first real token.
 
     Args:
         prompt: ``(l, d)`` or ``(B, l, d)``.
+        prompt_mask: ``(B, l)``: 0 for virtual slots a row does not use (rows with shorter or no
+            prompts in a mixed batch put them first, where they act as extra left padding).
         embeds: ``(B, n, d)`` input embeddings.
         mask: ``(B, n)`` padding mask (1 = real) or None.
         extra: per-token tensors ``(B, n)`` to extend the same way, with the value used at the
@@ -192,7 +195,7 @@ def insert_prompt(prompt: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor
     src = torch.where(j < lead_, l + j, torch.where(j < lead_ + l, j - lead_, j))
     gather = src[..., None].expand(b, l + n, d)
     new_embeds = torch.cat([prompt, embeds], 1).gather(1, gather)
-    ones = torch.ones(b, l, dtype=mask.dtype, device=mask.device)
+    ones = torch.ones(b, l, dtype=mask.dtype, device=mask.device) if prompt_mask is None else prompt_mask.to(mask)
     new_mask = torch.cat([ones, mask], 1).gather(1, src)
     out_extra: dict[str, Any] = {}
     for name, t in extra.items():
