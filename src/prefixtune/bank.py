@@ -100,6 +100,10 @@ class AdapterBank(nn.Module):
     def names(self) -> list[str]:
         return sorted(self.adapters)
 
+    def has_prompt(self, name: str | None) -> bool:
+        adapter = self.adapters.get(name) if name is not None else None
+        return adapter is not None and adapter.prompt is not None
+
     def _fold(self, config: MethodConfig, parts: Parts) -> FoldedAdapter:
         if parts.head is not None:
             raise ValueError("adapters with a task head cannot be served by the bank (it generates text)")

@@ -32,6 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         if f.init and f.name not in ("locations", "exclude_layers"):
             params.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
                                 help=f"(default: {f.default})")
+    serve = sub.add_parser("serve", help="serve the base model and adapters over an OpenAI-compatible HTTP API")
+    serve.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
+    serve.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
+                       help="an adapter to serve under NAME (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: open)")
+    serve.add_argument("--admin-key", default=None, help="enables POST/DELETE /admin/adapters with this key")
+    serve.add_argument("--batching", default="mixed", choices=("mixed", "same", "none"),
+                       help="batch requests across adapters, only of one adapter, or not at all")
+    serve.add_argument("--max-batch-size", type=int, default=16)
+    serve.add_argument("--batch-wait-ms", type=float, default=5.0)
+    serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
+    serve.add_argument("--max-prompt-tokens", type=int, default=2048)
+    serve.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -47,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
                                   if f.init and f.name not in ("locations", "exclude_layers")})
             model, _ = load_model(args.model, task=args.task)
             print(count_parameters(model, cfg))
+        elif args.command == "serve":
+            from .serve.main import serve_from_args
+
+            serve_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"prefixtune: error: {e}", file=sys.stderr)
         return 2

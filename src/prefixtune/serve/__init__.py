@@ -1,0 +1,1 @@
+"""Serving many adapters of one frozen model over an OpenAI-compatible HTTP API."""

@@ -1,0 +1,250 @@
+"""Dynamic micro-batching of generation requests across adapters.
+
+A worker thread takes the oldest waiting request, waits up to ``batch_wait_ms`` for more, and
+runs one ``generate()`` over up to ``max_batch_size`` requests — each row with its own adapter
+(policy ``"mixed"``), only requests of the first one's adapter (``"same"``), or one request at a
+time (``"none"``). Rows stop individually (EOS, their own token limit, a stop string); new tokens
+are pushed to streaming clients as they are produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+POLICIES = ("mixed", "same", "none")
+
+
+class Overloaded(RuntimeError):
+    """The queue is full; the client should retry later (HTTP 429)."""
+
+
+class ShuttingDown(RuntimeError):
+    """The server is draining; no new work is accepted (HTTP 503)."""
+
+
+@dataclass
+class EngineSettings:
+    """Fields: batching ``policy``, ``max_batch_size`` rows per generate call, ``batch_wait_ms``
+    to gather a batch, ``max_queue`` waiting requests before refusing with 429."""
+
+    policy: str = "mixed"
+    max_batch_size: int = 16
+    batch_wait_ms: float = 5.0
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"batching policy must be one of {POLICIES}, got {self.policy!r}")
+
+
+@dataclass
+class Request:
+    """One completion: inputs, decoding settings, and where its tokens go."""
+
+    adapter: str | None
+    input_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    loop: asyncio.AbstractEventLoop | None = None
+    stream: asyncio.Queue | None = None
+    done: asyncio.Future | None = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+    @property
+    def sampling(self) -> tuple[bool, float, float]:
+        greedy = self.temperature <= 0.0
+        return (not greedy, 1.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
+
+
+class _RowState(StoppingCriteria):
+    """Called after every decoding step: publishes each row's newest tokens and stops finished rows.
+
+    ``start`` is where the new tokens begin in ``generate``'s running ``input_ids`` (0 when it
+    generates from embeddings, i.e. with soft prompts in the batch).
+    """
+
+    def __init__(self, engine: "BatchingEngine", requests: list[Request], start: int) -> None:
+        self.engine, self.requests, self.start = engine, requests, start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        new = input_ids[:, self.start:].tolist()
+        for i, req in enumerate(self.requests):
+            if req.finish_reason is None:
+                self.engine._advance(req, new[i])
+        return torch.tensor([r.finish_reason is not None for r in self.requests], device=input_ids.device)
+
+
+class BatchingEngine:
+    """Runs :class:`Request` objects on an :class:`~prefixtune.bank.AdapterBank` in micro-batches.
+
+    Args:
+        bank: the adapter bank (decoder-only model).
+        tokenizer: its tokenizer (EOS, padding, decoding for stop strings).
+        settings: :class:`EngineSettings`.
+    """
+
+    def __init__(self, bank: Any, tokenizer: Any, settings: EngineSettings | None = None) -> None:
+        self.bank, self.tokenizer = bank, tokenizer
+        self.settings = settings or EngineSettings()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_id = tokenizer.eos_token_id
+        self._queue: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._busy = 0
+        self._thread = threading.Thread(target=self._run, name="prefixtune-engine", daemon=True)
+        self.batches: list[int] = []  # sizes of the batches run (for tests and benchmarks)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Refuse new requests, finish the queued and running ones, then end the worker."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def submit(self, req: Request) -> None:
+        with self._cv:
+            if self._stopping:
+                raise ShuttingDown("the server is shutting down")
+            if len(self._queue) >= self.settings.max_queue:
+                raise Overloaded(f"too many waiting requests ({self.settings.max_queue}); retry later")
+            self._queue.append(req)
+            self._cv.notify()
+
+    # ------------------------------------------------------------------ worker
+
+    def _take(self) -> list[Request] | None:
+        s = self.settings
+        with self._cv:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cv.wait(0.1)
+            deadline = time.monotonic() + s.batch_wait_ms / 1000.0
+            while s.policy != "none" and len(self._queue) < s.max_batch_size:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            first = self._queue[0]
+            limit = 1 if s.policy == "none" else s.max_batch_size
+            chosen = [r for r in self._queue
+                      if r.sampling == first.sampling and (s.policy != "same" or r.adapter == first.adapter)][:limit]
+            for r in chosen:
+                self._queue.remove(r)
+            self._busy += 1
+            return chosen
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                self._generate(batch)
+            except Exception as e:  # report to the clients, keep serving
+                for r in batch:
+                    if r.finish_reason is None:
+                        self._finish(r, "error", error=e)
+            finally:
+                with self._cv:
+                    self._busy -= 1
+
+    def _generate(self, batch: list[Request]) -> None:
+        self.batches.append(len(batch))
+        n = max(len(r.input_ids) for r in batch)
+        ids = torch.full((len(batch), n), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(batch), n, dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, n - len(r.input_ids):] = torch.tensor(r.input_ids)
+            mask[i, n - len(r.input_ids):] = 1
+        device = self.bank.device
+        do_sample, temperature, top_p = batch[0].sampling
+        uses_prompt = any(self.bank.has_prompt(r.adapter) for r in batch)
+        state = _RowState(self, batch, 0 if uses_prompt else n)
+        kwargs = dict(max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=do_sample,
+                      pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                      stopping_criteria=StoppingCriteriaList([state]))
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        out = self.bank.generate([r.adapter for r in batch], input_ids=ids.to(device),
+                                 attention_mask=mask.to(device), **kwargs)
+        new = out[:, n:].tolist()  # the bank returns input ids + new tokens in both cases
+        for i, r in enumerate(batch):
+            if r.finish_reason is None:
+                self._advance(r, new[i])
+            if r.finish_reason is None:
+                self._finish(r, "length")
+
+    # ------------------------------------------------------------------ per-request bookkeeping
+
+    def _advance(self, req: Request, row: list[int]) -> None:
+        """Take the row's tokens generated so far; publish what is new; decide if it is done."""
+        fresh = row[len(req.tokens):]
+        for tok in fresh:
+            if req.finish_reason is not None:
+                return
+            if tok == self.eos_id:
+                self._finish(req, "stop")
+                return
+            req.tokens.append(tok)
+            text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
+            cut = min((text.find(s) for s in req.stop if s and s in text), default=-1)
+            if cut >= 0:
+                self._emit(req, text[:cut])
+                self._finish(req, "stop")
+                return
+            self._emit(req, text)
+            if len(req.tokens) >= req.max_new_tokens:
+                self._finish(req, "length")
+                return
+
+    def _emit(self, req: Request, text: str) -> None:
+        # Hold back a trailing replacement character: a multi-byte character may be incomplete.
+        stable = text[:-1] if text.endswith("\ufffd") else text
+        if len(stable) > len(req.text) and stable.startswith(req.text):
+            delta, req.text = stable[len(req.text):], stable
+            if req.stream is not None and req.loop is not None:
+                req.loop.call_soon_threadsafe(req.stream.put_nowait, delta)
+
+    def _finish(self, req: Request, reason: str, error: Exception | None = None) -> None:
+        req.finish_reason = reason
+        if error is None:
+            final = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
+            cut = min((final.find(s) for s in req.stop if s and s in final), default=-1)
+            final = final[:cut] if cut >= 0 else final
+            if len(final) > len(req.text) and final.startswith(req.text):
+                if req.stream is not None and req.loop is not None:
+                    req.loop.call_soon_threadsafe(req.stream.put_nowait, final[len(req.text):])
+                req.text = final
+        if req.loop is not None:
+            if req.stream is not None:
+                req.loop.call_soon_threadsafe(req.stream.put_nowait, None)
+            if req.done is not None:
+                def settle(fut: asyncio.Future = req.done) -> None:
+                    if fut.done():
+                        return
+                    if error is not None:
+                        fut.set_exception(error)
+                    else:
+                        fut.set_result(req)
+                req.loop.call_soon_threadsafe(settle)

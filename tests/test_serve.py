@@ -1,0 +1,203 @@
+"""The HTTP server, driven by the official ``openai`` client against a live server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import transformers as T
+
+import prefixtune as pt
+from prefixtune.bank import AdapterBank
+from prefixtune.bundled import resolve
+from prefixtune.serve.app import ServerSettings, create_app
+from prefixtune.serve.engine import BatchingEngine, EngineSettings
+
+openai = pytest.importorskip("openai")
+uvicorn = pytest.importorskip("uvicorn")
+
+KEY, ADMIN = "test-key", "admin-key"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = T.AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_llama(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    cfg = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return T.LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def adapters(tokenizer, tmp_path_factory):
+    out = {}
+    for name, cfg in {"table": pt.PrefixConfig(prefix_length=4, init_std=1.0, hidden_size=16),
+                      "soft": pt.PromptConfig(num_virtual_tokens=3, init_range=2.0)}.items():
+        path = tmp_path_factory.mktemp(name)
+        pt.wrap(tiny_llama(tokenizer), cfg).save_pretrained(path)
+        out[name] = path
+    return out
+
+
+class LiveServer:
+    def __init__(self, app):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+    def client(self, key=KEY):
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def make_server(tokenizer, adapters, **engine):
+    bank = AdapterBank(tiny_llama(tokenizer))
+    for name, path in adapters.items():
+        bank.add(name, path)
+    eng = BatchingEngine(bank, tokenizer, EngineSettings(**engine))
+    app = create_app(eng, ServerSettings(base_name="tiny", api_key=KEY, admin_key=ADMIN, max_prompt_tokens=64,
+                                         max_tokens=32))
+    return LiveServer(app), eng
+
+
+def test_models_completions_chat_and_streaming(tokenizer, adapters):
+    server, engine = make_server(tokenizer, adapters)
+    with server:
+        client = server.client()
+        assert [m.id for m in client.models.list().data] == ["tiny", "soft", "table"]
+        texts = {}
+        for model in ("tiny", "table", "soft"):
+            r = client.completions.create(model=model, prompt="name[The Eagle], food[French]", max_tokens=8,
+                                          temperature=0)
+            assert r.choices[0].finish_reason in ("stop", "length")
+            assert r.usage.completion_tokens <= 8
+            texts[model] = r.choices[0].text
+            streamed = "".join(c.choices[0].text for c in client.completions.create(
+                model=model, prompt="name[The Eagle], food[French]", max_tokens=8, temperature=0, stream=True))
+            assert streamed == texts[model]
+        assert len(set(texts.values())) == 3, "each adapter (and the base) must change the output"
+        chat = client.chat.completions.create(model="table", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=6, temperature=0)
+        assert chat.choices[0].message.role == "assistant"
+        chunks = client.chat.completions.create(model="table", messages=[{"role": "user", "content": "hi"}],
+                                                max_tokens=6, temperature=0, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
+
+
+def test_concurrent_requests_match_one_at_a_time(tokenizer, adapters):
+    prompts = [f"name[Place {i}], area[riverside], food[{f}]" for i, f in enumerate(["Thai", "French", "Chinese"] * 4)]
+    models = ["table", "soft", "tiny"] * 4
+    server, engine = make_server(tokenizer, adapters, batch_wait_ms=50)
+    with server:
+        client = server.client()
+        serial = [client.completions.create(model=m, prompt=p, max_tokens=10, temperature=0).choices[0].text
+                  for m, p in zip(models, prompts)]
+        engine.batches.clear()
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            parallel = list(pool.map(lambda mp: client.completions.create(
+                model=mp[0], prompt=mp[1], max_tokens=10, temperature=0).choices[0].text, zip(models, prompts)))
+    assert parallel == serial
+    assert max(engine.batches) > 1, "concurrent requests for different adapters must share a batch"
+
+
+def test_errors(tokenizer, adapters):
+    server, engine = make_server(tokenizer, adapters)
+    with server:
+        client = server.client()
+        with pytest.raises(openai.NotFoundError) as e:
+            client.completions.create(model="nope", prompt="x", max_tokens=2)
+        assert e.value.body["code"] == "model_not_found"
+        with pytest.raises(openai.AuthenticationError):
+            server.client("wrong").models.list()
+        with pytest.raises(openai.BadRequestError, match="max_tokens"):
+            client.completions.create(model="tiny", prompt="x", max_tokens=500)
+        with pytest.raises(openai.BadRequestError, match="limit is 64"):
+            client.completions.create(model="tiny", prompt="word " * 200, max_tokens=2)
+        import httpx
+
+        base = f"http://127.0.0.1:{server.port}"
+        headers = {"Authorization": f"Bearer {KEY}"}
+        r = httpx.post(f"{base}/v1/completions", content=b"{not json", headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 400 and "error" in r.json()
+        r = httpx.post(f"{base}/v1/completions", json={"model": "tiny"}, headers=headers)
+        assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
+        assert httpx.get(f"{base}/health").json()["status"] == "ok"
+
+
+def test_overload_gives_429(tokenizer, adapters):
+    server, engine = make_server(tokenizer, adapters, max_queue=1, batch_wait_ms=200, max_batch_size=1)
+    with server:
+        client = server.client()
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(client.completions.create, model="tiny", prompt="x", max_tokens=20, temperature=0)
+                       for _ in range(6)]
+            outcomes = []
+            for f in futures:
+                try:
+                    f.result()
+                    outcomes.append("ok")
+                except openai.RateLimitError:
+                    outcomes.append("429")
+    assert "429" in outcomes and "ok" in outcomes
+
+
+def test_admin_load_unload(tokenizer, adapters, tmp_path):
+    server, engine = make_server(tokenizer, {"table": adapters["table"]})
+    import httpx
+
+    with server:
+        base = f"http://127.0.0.1:{server.port}"
+        client = server.client()
+        r = httpx.post(f"{base}/admin/adapters", json={"name": "soft", "path": str(adapters["soft"])},
+                       headers={"Authorization": f"Bearer {KEY}"})
+        assert r.status_code == 401
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        r = httpx.post(f"{base}/admin/adapters", json={"name": "soft", "path": str(adapters["soft"])}, headers=admin)
+        assert r.status_code == 200, r.text
+        assert "soft" in [m.id for m in client.models.list().data]
+        assert client.completions.create(model="soft", prompt="x", max_tokens=3, temperature=0).choices
+        r = httpx.post(f"{base}/admin/adapters", json={"name": "bad", "path": str(tmp_path)}, headers=admin)
+        assert r.status_code == 400 and "prefixtune_config.json" in r.json()["error"]["message"]
+        assert httpx.delete(f"{base}/admin/adapters/soft", headers=admin).status_code == 200
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="soft", prompt="x", max_tokens=3)
+        assert httpx.delete(f"{base}/admin/adapters/soft", headers=admin).status_code == 404
+
+
+def test_shutdown_finishes_running_requests(tokenizer, adapters):
+    server, engine = make_server(tokenizer, adapters, batch_wait_ms=100)
+    results = []
+    with server:
+        client = server.client()
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(client.completions.create, model="table", prompt=f"x{i}", max_tokens=20,
+                                   temperature=0) for i in range(3)]
+            time.sleep(0.05)
+            server.server.should_exit = True  # like SIGTERM: stop accepting, finish what is running
+            results = [f.result().choices[0].finish_reason for f in futures]
+    assert results == ["length"] * 3 or all(r in ("stop", "length") for r in results)
