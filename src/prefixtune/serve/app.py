@@ -59,6 +59,7 @@ class _Body(BaseModel):
     stream: bool = False
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
+    ignore_eos: bool = False  # vLLM's extension: keep generating past EOS (benchmarks)
 
 
 class CompletionBody(_Body):
@@ -151,7 +152,7 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         loop = asyncio.get_running_loop()
         req = Request(adapter, prompt_ids or [tokenizer.bos_token_id or tokenizer.eos_token_id], limit,
-                      body.temperature, body.top_p, stops, loop=loop,
+                      body.temperature, body.top_p, stops, ignore_eos=body.ignore_eos, loop=loop,
                       stream=asyncio.Queue() if body.stream else None, done=loop.create_future())
         try:
             engine.submit(req)

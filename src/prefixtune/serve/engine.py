@@ -55,6 +55,7 @@ class Request:
     temperature: float = 0.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     stream: asyncio.Queue | None = None
     done: asyncio.Future | None = None
@@ -182,7 +183,7 @@ class BatchingEngine:
         uses_prompt = any(self.bank.has_prompt(r.adapter) for r in batch)
         state = _RowState(self, batch, 0 if uses_prompt else n)
         kwargs = dict(max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=do_sample,
-                      pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+                      pad_token_id=self.pad_id, eos_token_id=None,  # EOS is handled per request in _advance
                       stopping_criteria=StoppingCriteriaList([state]))
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
@@ -203,7 +204,7 @@ class BatchingEngine:
         for tok in fresh:
             if req.finish_reason is not None:
                 return
-            if tok == self.eos_id:
+            if tok == self.eos_id and not req.ignore_eos:
                 self._finish(req, "stop")
                 return
             req.tokens.append(tok)
