@@ -152,3 +152,17 @@ def test_mask_free_fast_path_matches_reference(heads, kv_heads, q_len):
     torch.testing.assert_close(got.double(), reference(q, k, v, pk, pv, allowed), atol=1e-5, rtol=1e-5)
     full, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=False)
     torch.testing.assert_close(full.double(), reference(q, k, v, pk, pv), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2), (6, 1)])
+def test_decode_step_merge_matches_reference_without_grad(heads, kv_heads):
+    """Inference decoding merges cache and prefix attention by log-sum-exp instead of concatenating."""
+    q, k, v = rand(3, heads, 1, 8), rand(3, kv_heads, 9, 8), rand(3, kv_heads, 9, 8)
+    pk, pv = rand(1, kv_heads, 4, 8), rand(1, kv_heads, 4, 8)
+    with torch.no_grad():
+        got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+        bf16, _ = prefix_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), prefix_key=pk, prefix_value=pv,
+                                   is_causal=True)
+    want = reference(q, k, v, pk, pv)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bf16.double(), want, atol=3e-2, rtol=3e-2)

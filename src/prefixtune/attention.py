@@ -173,6 +173,36 @@ def _prefix_only(query: torch.Tensor, prefix_key: torch.Tensor, prefix_value: to
     return torch.matmul(weights, repeat_kv(prefix_value, n_rep))
 
 
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _can_merge(*tensors: torch.Tensor) -> bool:
+    """The split decode step needs PyTorch's CPU flash kernel (it returns the log-sum-exp) and no
+    gradients (that kernel has no derivative for its log-sum-exp output)."""
+    return (_CPU_FLASH is not None and all(t.device.type == "cpu" for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)))
+
+
+def _decode_step(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_key: torch.Tensor,
+                 prefix_value: torch.Tensor, scaling: float) -> torch.Tensor:
+    """One query per row: attend to the cache and to the prefix separately and merge by log-sum-exp.
+
+    Concatenating ``[prefix; cache]`` at every decoding step would allocate and copy the whole
+    cache per layer; this reads it in place. GQA is handled by viewing the ``H`` query heads as
+    ``n_rep`` queries per key/value head. Shapes as in :func:`prefix_attention`, ``q = 1``.
+    """
+    b, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(b, kv_heads, heads // kv_heads, dim)  # (B, H_kv, n_rep, d)
+    out, lse = _CPU_FLASH(q, key, value, 0.0, False, scale=scaling)[:2]  # (B, H_kv, n_rep, d), (B, H_kv, n_rep)
+    scores = torch.matmul(q, prefix_key.transpose(-1, -2)).float() * scaling  # (B, H_kv, n_rep, P)
+    lse_p = torch.logsumexp(scores, dim=-1)
+    out_p = torch.matmul(torch.softmax(scores, dim=-1).to(value.dtype), prefix_value)
+    total = torch.logaddexp(lse.float(), lse_p)
+    merged = out.float() * torch.exp(lse.float() - total)[..., None] + out_p.float() * torch.exp(lse_p - total)[..., None]
+    return merged.to(query.dtype).reshape(b, heads, 1, dim)
+
+
 def _unmasked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_key: torch.Tensor | None,
               prefix_value: torch.Tensor | None, is_causal: bool, scaling: float, dropout: float,
               gqa: bool) -> torch.Tensor:
@@ -188,6 +218,8 @@ def _unmasked(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefi
         return F.scaled_dot_product_attention(query, key, value, dropout_p=dropout, is_causal=causal,
                                               scale=scaling, enable_gqa=gqa)
     n_prefix = prefix_key.shape[2]
+    if q_len == 1 and dropout == 0.0 and _can_merge(query, key, value, prefix_key, prefix_value):
+        return _decode_step(query, key, value, prefix_key, prefix_value, scaling)
     key = torch.cat([prefix_key, key], dim=2)
     value = torch.cat([prefix_value, value], dim=2)
     if not causal:
