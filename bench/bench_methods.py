@@ -389,10 +389,10 @@ def default_settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 def sweep_grid(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     base = default_settings(args)
     return {
-        "ptuning_v2": [dict(base["ptuning_v2"], pooling=p, lr=lr) for p, lr in
-                       [("mean", 5e-3), ("mean", 1e-2), ("mean", 2e-2), ("cls", 1e-2)]],
+        "ptuning_v2": [dict(base["ptuning_v2"], pooling=p, lr=float(lr)) for p, lr in
+                       (item.split(":") for item in args.ptv2_grid)],
         "prompt": [dict(base["prompt"], lr=lr) for lr in args.prompt_sweep_lrs],
-        "head": [dict(base["head"], lr=lr) for lr in (1e-3, 3e-3, 1e-2)],
+        "head": [dict(base["head"], lr=lr) for lr in args.head_sweep_lrs],
     }
 
 
@@ -457,14 +457,25 @@ def classification_md(r: dict[str, Any], header: str) -> str:
     lines = [f"## {name}: all-MiniLM-L6-v2 (frozen), three methods", "", header, ""]
     seen = r["results"][0]["train_examples_seen"] if r["results"] else 0
     lines.append(
-        f"Training data: {r['train_size']:,} examples of the {r['train_total']:,} in train.tsv (shuffled with seed 0"
-        + (f"; the first {r['sweep_eval_size']:,} of that shuffle were held out for the sweep" if r["sweep_eval_size"] else "")
-        + f"). Batch {r['batch']}, max length {r['max_length']} tokens"
+        f"Training data: train.tsv ({r['train_total']:,} rows) shuffled with seed 0; "
+        + (f"the first {r['sweep_eval_size']:,} rows of that order are held out for the sweep, the next " if r["sweep_eval_size"] else "the first ")
+        + f"{r['train_size']:,} are the training subset. Batch {r['batch']}, max length {r['max_length']} tokens"
         + (" (sentence pairs: `tokenizer(sentence1, sentence2, truncation=True)`)" if task == "rte" else "")
         + f". Evaluation: the first {r['dev_size']} rows of dev.tsv" + (" (the full dev set)" if r["dev_size"] in (872, 277) else "")
         + f"; majority class = {100 * r['majority_dev']:.1f}%. Base model: {r['results'][0]['base']:,} parameters "
         "(incl. the 11.7M word embeddings)." if r["results"] else "")
-    lines += ["", "| method | setting | steps | examples seen | dev accuracy | trainable params | % of base | train time (s) | final train loss |",
+    lines += ["", "Methods (the base model is frozen in all three; only the listed parameters train):",
+              "- P-tuning v2: `prefixtune.PTuningV2Config(prefix_length, reparameterization=\"direct\", pooling, dropout=0.1, "
+              "head_dropout=0.1)`; trains the per-layer prefix K/V and the library's linear head. `pm.train()` also puts the "
+              "frozen MiniLM in train mode (its dropout is active while training, as in P-tuning v2).",
+              "- Prompt tuning + head: `prefixtune.PromptConfig(num_virtual_tokens, init)` plus our own `Dropout(0.1) -> "
+              "Linear(384, 2)` on the masked mean of `pm(...).last_hidden_state` over the real tokens (the library drops the "
+              "virtual positions); trains the prompt vectors and the head; MiniLM in train mode as above.",
+              "- Head only: `Dropout(0.1) -> Linear(384, 2)` on the masked mean of the plain frozen model's "
+              "`last_hidden_state`, model in eval mode (so its features are computed once per example and cached).",
+              "- Batches: each epoch of the training subset is shuffled, cut into chunks of 50 batches that are sorted by "
+              "length (less padding), and the batches are shuffled again; all three methods see the same batches.",
+              "", "| method | setting | steps | examples seen | dev accuracy | trainable params | % of base | train time (s) | final train loss |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for x in r["results"]:
         s = ", ".join(f"{k}={v}" for k, v in x["setting"].items())
@@ -472,7 +483,7 @@ def classification_md(r: dict[str, Any], header: str) -> str:
                      f"**{100 * x['accuracy']:.2f}%** ({x['correct']}/{x['n_eval']}) | {x['trainable']:,} | "
                      f"{x['trainable_percent']:.3f}% | {x['train_seconds']:.0f} | {x['final_train_loss']:.3f} |")
     if r.get("settings_from"):
-        lines += ["", f"No sweep here: each method uses the setting chosen by the {r['settings_from'].upper()} sweep "
+        lines += ["", f"No sweep here: each method uses the setting chosen by the {dict(sst2='SST-2', rte='RTE')[r['settings_from']]} sweep "
                       f"(see that section)."]
     if r["sweep"]:
         lines += ["", f"Sweep (chosen setting in bold; each run {r['sweep_steps']} steps with the same schedule shape, "
@@ -743,8 +754,18 @@ def environment() -> dict[str, Any]:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        commit = commit + (" (src/ modified)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
     return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "nproc": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": cpu}
+            "nproc": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": cpu, "git": commit}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -754,6 +775,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA}; or $PREFIXTUNE_DATA)")
     p.add_argument("--out-dir", type=Path, default=None, help="where methods_results.{md,json} go (default docs/)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the experiment's markdown section from methods_results.json (no training)")
     g = p.add_argument_group("classification (sst2, rte)")
     g.add_argument("--methods", nargs="+", default=["ptuning_v2", "prompt", "head"])
     g.add_argument("--train-size", type=int, default=None, help="training subset size (0 = all; default: 20000 sst2, all rte)")
@@ -764,6 +787,9 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--prompt-steps", type=int, default=None, help="training steps for prompt tuning (default --steps)")
     g.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=None, help="small sweep first (default: on for sst2)")
     g.add_argument("--sweep-steps", type=int, default=None)
+    g.add_argument("--ptv2-grid", nargs="+", default=["mean:5e-3", "mean:1e-2", "mean:2e-2", "cls:1e-2"],
+                   help="P-tuning v2 sweep settings as POOLING:LR")
+    g.add_argument("--head-sweep-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     g.add_argument("--prompt-sweep-lrs", type=float, nargs="+", default=[3e-2, 1e-1, 3e-1])
     g.add_argument("--sweep-eval", type=int, default=None, help="held-out training examples for the sweep")
     g.add_argument("--settings-from", default=None, choices=["sst2", "rte"],
@@ -788,6 +814,11 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     task = args.experiment
+    if args.render:
+        out_dir = args.out_dir or ROOT / "docs"
+        result = json.loads((out_dir / "methods_results.json").read_text(encoding="utf-8"))[task]
+        update_doc(out_dir, task, render(result), result)
+        return
     if args.sweep is None:
         args.sweep = task == "sst2"
     if args.max_length is None:
@@ -824,16 +855,22 @@ def main(argv: list[str] | None = None) -> None:
     env = environment()
     result.update({"command": cmd, "date": started.isoformat(), "wall_seconds": wall, "quick": args.quick,
                    "environment": env, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
-    header = (f"Command: `{cmd}` (run under `nice -n 10`) · {started.isoformat()} · wall time {wall / 60:.1f} min · "
-              f"torch {env['torch']} · transformers {env['transformers']} · `nproc` {env['nproc']} · "
-              f"`torch.set_num_threads({args.threads})` · {env['cpu']} · seed {SEED} · AdamW (weight decay 0), "
-              f"linear warm-up {int(WARMUP * 100)}% then linear decay, grad-norm clip {CLIP}"
-              + (" · **QUICK smoke sizes, not real numbers**" if args.quick else "")
-              + ". The machine was shared with other jobs, so times are only indicative.")
-    section = e2e_md(result, header) if task == "e2e" else classification_md(result, header)
+    section = render(result)
     update_doc(out_dir, task, section, result)
     print(section)
 
+
+def render(result: dict[str, Any]) -> str:
+    """The markdown section of one experiment's result (as stored in the JSON)."""
+    env = result["environment"]
+    header = (f"Command: `{result['command']}` (run under `nice -n 10`) · {result['date']} · "
+              f"wall time {result['wall_seconds'] / 60:.1f} min · prefixtune at git {env.get('git', 'unknown')} · "
+              f"torch {env['torch']} · transformers {env['transformers']} · `nproc` {env['nproc']} · "
+              f"`torch.set_num_threads({result['args']['threads']})` · {env['cpu']} · seed {SEED} · AdamW (weight decay 0), "
+              f"linear warm-up {int(WARMUP * 100)}% then linear decay, grad-norm clip {CLIP}"
+              + (" · **QUICK smoke sizes, not real numbers**" if result["quick"] else "")
+              + ". The machine was shared with other jobs, so times are only indicative.")
+    return e2e_md(result, header) if result["task"] == "e2e" else classification_md(result, header)
 
 if __name__ == "__main__":
     main()

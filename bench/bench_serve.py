@@ -17,10 +17,8 @@ import json
 import platform
 import random
 import re
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,28 +46,6 @@ def make_adapters(model_name: str, where: Path, count: int) -> dict[str, Path]:
     return out
 
 
-class Server:
-    def __init__(self, app):
-        import uvicorn
-
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(120)
-
-
 def run_policy(bank, tokenizer, policy: str, requests: list[tuple[str, str]], clients: int, new_tokens: int) -> dict:
     import openai
 
@@ -79,7 +55,9 @@ def run_policy(bank, tokenizer, policy: str, requests: list[tuple[str, str]], cl
     engine = BatchingEngine(bank, tokenizer, EngineSettings(policy=policy, max_batch_size=16, batch_wait_ms=5))
     app = create_app(engine, ServerSettings(base_name="smollm2-135m", max_tokens=new_tokens))
     latencies: list[float] = []
-    with Server(app) as server:
+    from prefixtune.serve.thread import ServerThread
+
+    with ServerThread(app) as server:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="x", max_retries=0, timeout=600)
 
         def one(item: tuple[str, str]) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import socket
-import threading
 import time
 
 import pytest
@@ -16,6 +14,7 @@ from prefixtune.bank import AdapterBank
 from prefixtune.bundled import resolve
 from prefixtune.serve.app import ServerSettings, create_app
 from prefixtune.serve.engine import BatchingEngine, EngineSettings
+from prefixtune.serve.thread import ServerThread
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -50,29 +49,9 @@ def adapters(tokenizer, tmp_path_factory):
     return out
 
 
-class LiveServer:
-    def __init__(self, app):
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
-
+class LiveServer(ServerThread):
     def client(self, key=KEY):
-        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=60)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
 
 
 def make_server(tokenizer, adapters, **engine):

@@ -19,7 +19,7 @@ from .batch import PrefixBatch
 from .checkpoint import load_parts
 from .hf import Injection
 from .methods import MethodConfig, Parts
-from .prompt import insert_prompt
+from .prompt import insert_prompt, prepend_ids
 
 
 class UnknownAdapterError(KeyError):
@@ -184,9 +184,5 @@ class AdapterBank(nn.Module):
         with self.injection.active(batch):
             out = self.base_model.generate(**kwargs)
         if real_index is not None and ids is not None and not self.injection.is_encoder_decoder:
-            sequences = out if isinstance(out, torch.Tensor) else out.sequences
-            sequences = torch.cat([ids.to(sequences.device), sequences], dim=1)
-            if isinstance(out, torch.Tensor):
-                return sequences
-            out.sequences = sequences
+            return prepend_ids(out, ids)
         return out

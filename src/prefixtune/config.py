@@ -22,8 +22,33 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
+class ConfigIO:
+    """JSON round trip for the method config dataclasses (tuples are stored as lists)."""
+
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        data = dict(data)
+        own = next(f.default for f in dataclasses.fields(cls) if f.name == "method")
+        method = data.pop("method", own)
+        if method != own:
+            raise ConfigError(f"not a {cls.__name__} (method={method!r}, expected {own!r})")
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ConfigError(f"unknown {cls.__name__} fields {extra}; known fields are {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
 @dataclass
-class PrefixConfig:
+class PrefixConfig(ConfigIO):
     """Configuration of a prefix (Li & Liang 2021): trainable K/V vectors at every attention layer.
 
     Fields:
@@ -91,24 +116,3 @@ class PrefixConfig:
             self.position_mode = "natural" if self.gate else "shifted"
         if self.position_mode not in POSITION_MODES:
             raise ConfigError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["locations"] = list(self.locations)
-        out["exclude_layers"] = list(self.exclude_layers)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PrefixConfig":
-        data = dict(data)
-        method = data.pop("method", "prefix")
-        if method != "prefix":
-            raise ConfigError(f"not a prefix-tuning config (method={method!r})")
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        extra = sorted(set(data) - known)
-        if extra:
-            raise ConfigError(f"unknown PrefixConfig fields {extra}; known fields are {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -17,7 +17,7 @@ from .hf import Injection
 from .layout import ModelLayout
 from .methods import MethodConfig, Parts, build_parts, prefix_config_of
 from .params import ParameterCount, count_parts
-from .prompt import insert_prompt
+from .prompt import insert_prompt, prepend_ids
 
 
 class PrefixModel(nn.Module):
@@ -156,12 +156,8 @@ class PrefixModel(nn.Module):
         kwargs = self.injection.inputs(batch, self.shifted, kwargs)
         with self.injection.active(batch):
             out = self.base_model.generate(**kwargs)
-        if real_index is not None and not self.injection.is_encoder_decoder and ids is not None:
-            sequences = out if isinstance(out, torch.Tensor) else out.sequences
-            sequences = torch.cat([ids.to(sequences.device), sequences], dim=1)
-            if isinstance(out, torch.Tensor):
-                return sequences
-            out.sequences = sequences
+        if real_index is not None and ids is not None and not self.injection.is_encoder_decoder:
+            return prepend_ids(out, ids)
         return out
 
     # ------------------------------------------------------------------ the rest

@@ -14,14 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError
+from .config import ConfigError, ConfigIO
 
 INITS = ("random", "vocab", "text", "labels")
 ENCODERS = ("none", "mlp", "lstm")
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(ConfigIO):
     """Configuration of an input prompt.
 
     Fields:
@@ -62,22 +62,6 @@ class PromptConfig:
             raise ConfigError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["label_words"] = list(self.label_words)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PromptConfig":
-        data = dict(data)
-        if data.pop("method", "prompt") != "prompt":
-            raise ConfigError("not a prompt config")
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        extra = sorted(set(data) - known)
-        if extra:
-            raise ConfigError(f"unknown PromptConfig fields {extra}; known fields are {sorted(known)}")
-        return cls(**data)
 
 
 class PromptEmbedding(nn.Module):
@@ -207,3 +191,14 @@ def insert_prompt(prompt: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor
     i = torch.arange(n, device=embeds.device)[None]
     real_index = torch.where(i < lead_, i, i + l)
     return new_embeds, new_mask, out_extra, real_index
+
+
+def prepend_ids(out: Any, ids: torch.Tensor) -> Any:
+    """``generate`` from embeddings returns only new tokens: put the input ids back in front
+    (of a tensor, or of ``out.sequences``) so outputs look as they do without a prompt."""
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    sequences = torch.cat([ids.to(sequences.device), sequences], dim=1)
+    if isinstance(out, torch.Tensor):
+        return sequences
+    out.sequences = sequences
+    return out

@@ -6,17 +6,15 @@ the last real token). Only the prefix and the head train.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
 
-from .config import ConfigError, PrefixConfig
+from .config import ConfigError, ConfigIO, PrefixConfig
 
 TASKS = ("sequence-classification", "token-classification")
 
 
 @dataclass
-class PTuningV2Config:
+class PTuningV2Config(ConfigIO):
     """Configuration of P-tuning v2.
 
     Fields:
@@ -65,19 +63,3 @@ class PTuningV2Config:
                             hidden_size=self.hidden_size, dropout=self.dropout, init_std=self.init_std,
                             exclude_layers=self.exclude_layers, position_mode=self.position_mode,
                             init=self.init, init_text=self.init_text, gate=self.gate)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["exclude_layers"] = list(self.exclude_layers)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PTuningV2Config":
-        data = dict(data)
-        if data.pop("method", "ptuning_v2") != "ptuning_v2":
-            raise ConfigError("not a P-tuning v2 config")
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        extra = sorted(set(data) - known)
-        if extra:
-            raise ConfigError(f"unknown PTuningV2Config fields {extra}; known fields are {sorted(known)}")
-        return cls(**data)
