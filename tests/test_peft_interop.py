@@ -11,13 +11,17 @@ import prefixtune as pt
 from tiny import tiny_model, token_ids
 
 peft = pytest.importorskip("peft")
-from peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model  # noqa: E402
+from peft import (PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType,  # noqa: E402
+                  get_peft_model)
 
 
 def peft_adapter(family, kind, tmp_path, length=4):
     base = tiny_model(family)
-    cfg = (PrefixTuningConfig if kind == "prefix" else PromptTuningConfig)(task_type=TaskType.CAUSAL_LM,
-                                                                            num_virtual_tokens=length)
+    if kind == "ptuning":
+        cfg = PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=length, encoder_hidden_size=16)
+    else:
+        cfg = (PrefixTuningConfig if kind == "prefix" else PromptTuningConfig)(task_type=TaskType.CAUSAL_LM,
+                                                                                num_virtual_tokens=length)
     model = get_peft_model(base, cfg)
     with torch.no_grad():
         for p in model.prompt_encoder.parameters():
@@ -27,7 +31,7 @@ def peft_adapter(family, kind, tmp_path, length=4):
     return model
 
 
-@pytest.mark.parametrize("kind", ["prefix", "prompt"])
+@pytest.mark.parametrize("kind", ["prefix", "prompt", "ptuning"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_peft_adapter_loads_with_same_logits(tmp_path, family, kind):
     ref = peft_adapter(family, kind, tmp_path)
@@ -38,7 +42,7 @@ def test_peft_adapter_loads_with_same_logits(tmp_path, family, kind):
     ours = pt.from_peft(tiny_model(family), tmp_path).eval()
     with torch.no_grad():
         got = ours(input_ids=ids, attention_mask=mask).logits
-    if kind == "prompt":
+    if kind != "prefix":
         want = want[:, 4:]  # PEFT returns logits for the virtual tokens too
     assert (got - ours.unwrap()(input_ids=ids, attention_mask=mask).logits).abs().max() > 1e-3
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -145,13 +145,15 @@ def test_inits():
 
 
 @pytest.mark.parametrize("encoder", ["none", "lstm"])
-def test_save_load_and_fold(tmp_path, encoder):
-    pm = make("gpt2", encoder=encoder, encoder_hidden_size=16)
-    ids = token_ids("gpt2", 2, 5)
-    want = pm(input_ids=ids).logits
+@pytest.mark.parametrize("family", ["gpt2", "qwen2", "roberta", "bart"])
+def test_save_load_and_fold(tmp_path, family, encoder):
+    pm = make(family, encoder=encoder, encoder_hidden_size=16)
+    ids = token_ids(family, 2, 5)
+    kw = with_decoder(family, {"input_ids": ids}, 2)
+    want = pm(**kw).logits
     pm.save_pretrained(tmp_path)
-    loaded = pt.load(tiny_model("gpt2"), tmp_path).eval()
-    torch.testing.assert_close(loaded(input_ids=ids).logits, want, rtol=0, atol=0)
+    loaded = pt.load(tiny_model(family), tmp_path).eval()
+    torch.testing.assert_close(loaded(**kw).logits, want, rtol=0, atol=0)
     assert loaded.prompt.is_folded == (encoder == "none")
-    folded = pt.load(tiny_model("gpt2"), tmp_path, folded=True).eval()
-    torch.testing.assert_close(folded(input_ids=ids).logits, want, atol=1e-6, rtol=1e-5)
+    folded = pt.load(tiny_model(family), tmp_path, folded=True).eval()
+    torch.testing.assert_close(folded(**kw).logits, want, atol=1e-6, rtol=1e-5)

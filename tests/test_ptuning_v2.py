@@ -76,17 +76,20 @@ def test_pooling_reference():
     assert pool(h, mask, "mean").flatten().tolist() == [1.5, 5.5]
 
 
-def test_save_load_keeps_head(tmp_path):
-    pm = make("distilbert", num_labels=2)
+@pytest.mark.parametrize("family, reparam", [("distilbert", "direct"), ("roberta", "mlp"), ("llama", "mlp")])
+def test_save_load_keeps_head(tmp_path, family, reparam):
+    pm = make(family, num_labels=2, reparameterization=reparam, hidden_size=16)
     with torch.no_grad():
         for p in pm.trainable_parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    ids = token_ids("distilbert", 2, 5)
+    ids = token_ids(family, 2, 5)
     want = pm(input_ids=ids).logits
     pm.save_pretrained(tmp_path)
-    loaded = pt.load(tiny_model("distilbert"), tmp_path).eval()
+    loaded = pt.load(tiny_model(family), tmp_path).eval()
     assert isinstance(loaded.config, pt.PTuningV2Config)
     torch.testing.assert_close(loaded(input_ids=ids).logits, want, rtol=0, atol=0)
+    folded = pt.load(tiny_model(family), tmp_path, folded=True).eval()
+    torch.testing.assert_close(folded(input_ids=ids).logits, want, atol=1e-6, rtol=1e-5)
 
 
 def test_generate_is_refused_with_a_head():
