@@ -1,4 +1,4 @@
-"""The ``prefixtune`` command line (``demo`` and ``params`` for now)."""
+"""The ``prefixtune`` command line: demo, params, train, eval, generate, serve."""
 
 from __future__ import annotations
 
@@ -47,6 +47,25 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
     serve.add_argument("--max-prompt-tokens", type=int, default=2048)
     serve.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    from .train.commands import add_train_options
+
+    train = sub.add_parser("train", help="train an adapter on a task; resumes a run directory's last checkpoint")
+    add_train_options(train)
+    ev = sub.add_parser("eval", help="score a trained adapter on a split and write its predictions")
+    ev.add_argument("--run", required=True, help="the run directory")
+    ev.add_argument("--split", default="test")
+    ev.add_argument("--limit", type=int, default=None, help="first N inputs only")
+    ev.add_argument("--adapter", default="best", choices=("best", "adapter"), help="best or final adapter")
+    ev.add_argument("--num-beams", type=int, default=None)
+    ev.add_argument("--show", type=int, default=3, help="print this many predictions")
+    gen = sub.add_parser("generate", help="generate with a trained adapter")
+    gen.add_argument("--run", required=True)
+    gen.add_argument("--input", action="append", required=True, help="input text (repeatable; \\n for newline)")
+    gen.add_argument("--adapter", default="best", choices=("best", "adapter"))
+    gen.add_argument("--max-new-tokens", type=int, default=60)
+    gen.add_argument("--num-beams", type=int, default=1)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--stop", action="append", default=None)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -62,6 +81,18 @@ def main(argv: list[str] | None = None) -> int:
                                   if f.init and f.name not in ("locations", "exclude_layers")})
             model, _ = load_model(args.model, task=args.task)
             print(count_parameters(model, cfg))
+        elif args.command == "train":
+            from .train.commands import run_train
+
+            run_train(args)
+        elif args.command == "eval":
+            from .train.commands import run_eval
+
+            run_eval(args)
+        elif args.command == "generate":
+            from .train.commands import run_generate
+
+            run_generate(args)
         elif args.command == "serve":
             from .serve.main import serve_from_args
 

@@ -1,0 +1,1 @@
+"""Training and evaluation: a short, resumable loop on Hugging Face accelerate."""

@@ -1,0 +1,112 @@
+"""The ``train``, ``eval`` and ``generate`` subcommands (argument parsing lives in ``cli``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def add_train_options(parser: Any) -> None:
+    parser.add_argument("--config", help="YAML or JSON file of options; command-line options override it")
+    for f in dataclasses.fields(TrainConfig):
+        flag = f"--{f.name.replace('_', '-')}"
+        doc = TrainConfig.__doc__.split(f"{f.name}", 1)[-1].split("\n")[0].strip(": ,") if f.name in TrainConfig.__doc__ else ""
+        if f.name == "adapter":
+            parser.add_argument("--set", dest="adapter", action="append", metavar="KEY=VALUE", default=None,
+                                help="a method option, e.g. --set prefix_length=10 --set reparameterization=direct")
+        elif f.name == "stop":
+            parser.add_argument(flag, action="append", default=None, help="stop string for decoding (repeatable)")
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, default=None, action="store_true", help=doc)
+        else:
+            parser.add_argument(flag, default=None, type=_parse_value, help=doc)
+    parser.add_argument("--no-resume", action="store_true", help="start over even if the run directory has checkpoints")
+
+
+def train_config(args: Any) -> TrainConfig:
+    """Config file values, then every option given on the command line."""
+    values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is None:
+            continue
+        if f.name == "adapter":
+            options = dict(values.get("adapter", {}))
+            for item in given:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+                options[key] = _parse_value(value)
+            values["adapter"] = options
+        else:
+            values[f.name] = given
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args: Any) -> None:
+    from .loop import train
+
+    cfg = train_config(args)
+    result = train(cfg, resume=not args.no_resume)
+    if result:
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in result["scores"].items())
+        print(f"{cfg.task} {cfg.eval_split}: {scores}; best {result['best']:.4g} at step {result['best_step']}")
+        print(f"run directory: {cfg.out}")
+
+
+def _load_run(run: Path, which: str) -> tuple[TrainConfig, Any, Any]:
+    import prefixtune as pt
+
+    from ..bundled import load_model
+
+    cfg_file = run / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{run}: not a run directory (no config.json)")
+    cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
+    base, tok = load_model(cfg.model, task="base" if cfg.method == "ptuning_v2" else "causal-lm")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return cfg, pt.load(base, run / which, folded=True), tok
+
+
+def run_eval(args: Any) -> None:
+    from ..checkpoint import atomic_write
+    from ..data.tasks import load_task
+    from .evaluate import evaluate
+    from .loop import task_spec
+
+    run = Path(args.run)
+    cfg, model, tok = _load_run(run, args.adapter)
+    task = load_task(task_spec(cfg), args.split, data=cfg.data)
+    scores, records = evaluate(model, tok, task, cfg.max_length, args.limit, max_new_tokens=cfg.max_new_tokens,
+                               num_beams=args.num_beams or cfg.num_beams, stop=cfg.stop)
+    atomic_write(run / f"scores-{args.split}.json", json.dumps(scores, indent=2).encode())
+    atomic_write(run / f"predictions-{args.split}.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    print(f"{cfg.task} {args.split} ({len(records)} inputs): " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    for r in records[: args.show]:
+        print(f"  {r['input']!r} -> {r['prediction']!r}")
+
+
+def run_generate(args: Any) -> None:
+    from .evaluate import generate_texts
+
+    cfg, model, tok = _load_run(Path(args.run), args.adapter)
+    texts = [t.encode().decode("unicode_escape") for t in args.input]
+    outs = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+                          stop=args.stop or cfg.stop, do_sample=args.temperature > 0,
+                          temperature=args.temperature or 1.0)
+    for t, o in zip(texts, outs):
+        print(f"{t!r} -> {o}")

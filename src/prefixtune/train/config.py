@@ -1,0 +1,105 @@
+"""``TrainConfig``: everything a run needs; saved as ``config.json`` in the run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """A training run.
+
+    Fields:
+        model: bundled name, local path or hub id of the base model.
+        task: built-in task (``e2e``, ``sst2``, ``rte``) or a name for a custom one.
+        data: file/directory/hub name for a custom task (or to override a built-in's data).
+        input_column, target_column, label_column, template: custom task columns; ``template``
+            formats the input (default ``"{<input_column>}\\n"`` for generation).
+        method: ``prefix``, ``prompt`` or ``ptuning_v2``.
+        adapter: the method config's fields (e.g. ``{"prefix_length": 10}``).
+        steps: optimizer steps.
+        batch_size: examples per step (across processes and accumulation).
+        grad_accum: micro-batches per step.
+        lr, weight_decay, warmup_ratio, max_grad_norm: AdamW, linear warmup then linear decay, clipping.
+        bf16: run the forward under bf16 autocast.
+        gradient_checkpointing: recompute layers in backward.
+        max_length: longest tokenized example (longer ones are truncated and counted).
+        train_limit, eval_limit: use only the first N training records / evaluation inputs.
+        eval_every: evaluate (loss and task metric) every N steps; 0 = only at the end.
+        save_every: write a resumable checkpoint every N steps.
+        patience: stop after this many evaluations without improvement (None = never).
+        eval_split: split used for evaluation during training.
+        max_new_tokens, num_beams, stop: decoding for generation metrics.
+        seed: seeds data order, init and dropout.
+        out: the run directory.
+    """
+
+    model: str = "smollm2-135m"
+    task: str = "e2e"
+    data: str | None = None
+    input_column: str | None = None
+    target_column: str | None = None
+    label_column: str | None = None
+    template: str | None = None
+    method: str = "prefix"
+    adapter: dict[str, Any] = field(default_factory=dict)
+    steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    max_length: int = 160
+    train_limit: int | None = None
+    eval_limit: int | None = 100
+    eval_every: int = 100
+    save_every: int = 50
+    patience: int | None = None
+    eval_split: str = "dev"
+    max_new_tokens: int = 60
+    num_beams: int = 1
+    stop: list[str] = field(default_factory=lambda: ["\n"])
+    seed: int = 0
+    out: str = "runs/run"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("prefix", "prompt", "ptuning_v2"):
+            raise ConfigError(f"method must be prefix, prompt or ptuning_v2, got {self.method!r}")
+        for name in ("steps", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ConfigError(f"unknown training options {extra}; known: {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of options")
+        return cls.from_dict(data)

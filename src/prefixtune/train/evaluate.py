@@ -1,0 +1,89 @@
+"""Evaluation: decoding with stop strings, generation metrics, classification accuracy."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..data.batching import collate, encode
+from ..data.tasks import Task
+from ..metrics import classification_scores, generation_scores
+
+
+@torch.no_grad()
+def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16,
+                   max_new_tokens: int = 60, num_beams: int = 1, stop: Sequence[str] = ("\n",),
+                   do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+    """Greedy/beam/sampled continuations of ``prompts``, cut at the first stop string."""
+    model.eval()
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stop_ids = [tokenizer.eos_token_id]
+    for s in stop:
+        ids = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            stop_ids.append(ids[0])
+    outputs: list[str] = []
+    try:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
+        texts: dict[int, str] = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
+            enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items() if k != "token_type_ids"}
+            kw = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+                      pad_token_id=pad, eos_token_id=stop_ids)
+            if do_sample:
+                kw["temperature"] = temperature
+            out = model.generate(**enc, **kw)
+            for row, i in zip(out, idx):
+                text = tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+                texts[i] = (text[:cut] if cut >= 0 else text).strip()
+        outputs = [texts[i] for i in range(len(prompts))]
+    finally:
+        tokenizer.padding_side = side
+    return outputs
+
+
+@torch.no_grad()
+def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int | None = None,
+             batch_size: int = 16, max_new_tokens: int = 60, num_beams: int = 1,
+             stop: Sequence[str] = ("\n",)) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Scores and per-input predictions of ``model`` on ``task`` (loss, plus BLEU & co. or accuracy)."""
+    from .loop import batch_loss
+
+    model.eval()
+    kind = task.spec.kind
+    examples = task.examples
+    if kind == "generation" and limit is not None:
+        keep = set(task.inputs[:limit])
+        examples = [e for e in examples if e.text in keep]
+    elif limit is not None:
+        examples = examples[:limit]
+    encoded, _ = encode(tokenizer, examples, max_length, kind)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total, count = 0.0, 0
+    predictions: list[int] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(encoded), batch_size):
+        batch = {k: v.to(device) for k, v in collate(encoded[start:start + batch_size], pad).items()}
+        loss_sum, n, logits = batch_loss(model, batch, kind)
+        total, count = total + float(loss_sum), count + n
+        if kind == "classification":
+            predictions += logits.argmax(-1).tolist()
+    scores = {"loss": total / max(count, 1)}
+    records: list[dict[str, Any]] = []
+    if kind == "generation":
+        inputs = task.inputs[:limit] if limit is not None else task.inputs
+        hyps = generate_texts(model, tokenizer, inputs, batch_size, max_new_tokens, num_beams, stop)
+        refs = [task.references[i] for i in inputs]
+        scores.update(generation_scores(hyps, refs))
+        records = [{"input": i, "prediction": h, "references": r} for i, h, r in zip(inputs, hyps, refs)]
+    else:
+        labels = [e.label for e in examples]
+        scores.update(classification_scores(predictions, labels))
+        names = task.spec.labels
+        records = [{"input": e.text, "prediction": names[p], "label": names[e.label]} for e, p in zip(examples, predictions)]
+    return scores, records

@@ -1,0 +1,129 @@
+"""Training end to end on a tiny model: metrics, checkpoints, plots, resume after a kill, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as T
+
+from prefixtune.bundled import resolve
+from prefixtune.checkpoint import load_parts
+from prefixtune.hf import describe
+from prefixtune.train.config import TrainConfig
+from prefixtune.train.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's real tokenizer, saved like any local model."""
+    where = tmp_path_factory.mktemp("tiny-llama")
+    tok = T.AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+                        bos_token_id=tok.bos_token_id)
+    T.LlamaForCausalLM(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
+@pytest.fixture(scope="module")
+def e2e_dir(tmp_path_factory):
+    where = tmp_path_factory.mktemp("e2e-mini")
+    foods = ["French", "Thai", "Italian", "English"]
+    for split, n in (("train", 40), ("dev", 8)):
+        with open(where / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["mr", "ref"])
+            for i in range(n):
+                mr = f"name[Place {i}], food[{foods[i % 4]}]"
+                w.writerow([mr, f"Place {i} serves {foods[i % 4]} food."])
+                if split == "dev":
+                    w.writerow([mr, f"{foods[i % 4]} food at Place {i}."])
+    return where
+
+
+def config(tiny_dir, e2e_dir, out, **kw):
+    base = dict(model=str(tiny_dir), task="e2e", data=str(e2e_dir), steps=6, batch_size=4, lr=1e-2,
+                eval_every=3, save_every=2, eval_limit=4, max_new_tokens=8, out=str(out),
+                adapter={"prefix_length": 4, "hidden_size": 16})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def adapter_state(run: Path, tiny_dir) -> dict:
+    layout, _ = describe(T.AutoModelForCausalLM.from_pretrained(tiny_dir))
+    _, parts = load_parts(run / "adapter", layout)
+    return {f"{k}.{n}": v for k in ("prefix", "prompt") if getattr(parts, k) is not None
+            for n, v in getattr(parts, k).state_dict().items()}
+
+
+def test_training_run_writes_everything(tiny_dir, e2e_dir, tmp_path):
+    result = train(config(tiny_dir, e2e_dir, tmp_path / "run"), log=lambda m: None)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "loss.png", "bleu.png", "result.json", "adapter", "best"):
+        assert (run / name).exists(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "split" in r] == [3, 6]
+    assert {"bleu", "nist", "rouge_l", "cider", "loss"} <= set(result["scores"])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
+    train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert train_losses[-1] < train_losses[0]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp_path):
+    whole = config(tiny_dir, e2e_dir, tmp_path / "whole", eval_every=0)
+    train(whole, log=lambda m: None)
+    parts = config(tiny_dir, e2e_dir, tmp_path / "parts", eval_every=0)
+    assert train(parts, log=lambda m: None, stop_after=3) == {"stopped_at": 3}  # killed after step 3
+    # the newest checkpoint (step 2) is used; break a later, half-written one to check it is skipped
+    broken = tmp_path / "parts" / "checkpoints" / "step-000005"
+    (broken / "adapter").mkdir(parents=True)
+    (broken / "state.json").write_text("{")
+    logs = []
+    train(parts, log=logs.append)
+    assert any("skipping checkpoint step-000005" in m for m in logs)
+    assert any("resuming from" in m and "step 2" in m for m in logs)
+    a, b = adapter_state(tmp_path / "whole", tiny_dir), adapter_state(tmp_path / "parts", tiny_dir)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_prompt_method_and_gradient_accumulation(tiny_dir, e2e_dir, tmp_path):
+    one = config(tiny_dir, e2e_dir, tmp_path / "one", method="prompt", adapter={"num_virtual_tokens": 3},
+                 eval_every=0, steps=3)
+    two = config(tiny_dir, e2e_dir, tmp_path / "two", method="prompt", adapter={"num_virtual_tokens": 3},
+                 eval_every=0, steps=3, grad_accum=2)
+    train(one, log=lambda m: None)
+    train(two, log=lambda m: None)
+    a, b = adapter_state(tmp_path / "one", tiny_dir), adapter_state(tmp_path / "two", tiny_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
+    """Two CPU processes (gloo) with the same global batch train the same prefix as one process."""
+    single = config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=0, steps=4)
+    train(single, log=lambda m: None)
+    cfg_file = tmp_path / "ddp.json"
+    ddp = config(tiny_dir, e2e_dir, tmp_path / "ddp", eval_every=0, steps=4)
+    cfg_file.write_text(json.dumps(ddp.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "prefixtune.cli", "train", "--config", str(cfg_file)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = adapter_state(tmp_path / "single", tiny_dir), adapter_state(tmp_path / "ddp", tiny_dir)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
