@@ -1,0 +1,86 @@
+"""The command line end to end on a tiny model: train -> eval -> generate, --help, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train import e2e_dir, tiny_dir  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=600):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "prefixtune.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {tiny_dir}\ntask: e2e\ndata: {e2e_dir}\nsteps: 4\nbatch_size: 4\n"
+                   "adapter:\n  prefix_length: 3\n  hidden_size: 16\n")
+    r = cli("train", "--config", cfg, "--eval-every", 0, "--eval-limit", 3, "--max-new-tokens", 5,
+            "--set", "reparameterization=direct", "--out", run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "e2e dev:" in r.stdout and "bleu" in r.stdout
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["steps"] == 4 and saved["adapter"] == {"prefix_length": 3, "hidden_size": 16,
+                                                        "reparameterization": "direct"}
+    r = cli("eval", "--run", run, "--split", "dev", "--limit", 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (run / "predictions-dev.jsonl").is_file() and (run / "scores-dev.json").is_file()
+    r = cli("generate", "--run", run, "--input", "name[Place 1], food[Thai]\\n", "--max-new-tokens", 4)
+    assert r.returncode == 0 and "name[Place 1]" in r.stdout
+    r = cli("params", "--model", tiny_dir, "--prefix-length", 3, "--reparameterization", "direct")
+    assert r.returncode == 0 and r.stdout.startswith("trainable 192 ")  # l=3 x 2 layers x (K,V) x 2 kv heads x 8
+
+
+def test_help_documents_every_option():
+    r = cli("train", "--help")
+    assert r.returncode == 0
+    for option in ("--steps", "--batch-size", "--grad-accum", "--lr", "--bf16", "--gradient-checkpointing",
+                   "--eval-every", "--patience", "--input-column", "--target-column", "--label-column", "--set"):
+        assert option in r.stdout, option
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--model", "no-such-model", "--steps", "1"], "unknown model 'no-such-model'"),
+    (["train", "--task", "mine", "--data", "nowhere.csv"], "give --input-column"),
+    (["train", "--task", "mine", "--data", "nowhere.csv", "--input-column", "a", "--target-column", "b"],
+     "no such file or directory"),
+    (["train", "--steps", "0"], "steps must be >= 1"),
+    (["eval", "--run", "/nonexistent-run"], "not a run directory"),
+])
+def test_bad_input_is_one_clear_line(args, message, tmp_path):
+    r = cli(*args, "--out", tmp_path / "x") if args[0] == "train" else cli(*args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prefixtune: error:") and message in lines[0], r.stderr[-2000:]
+
+
+def test_missing_column_is_named(tiny_dir, tmp_path):  # noqa: F811
+    data = tmp_path / "d.csv"
+    data.write_text("question,answer\nhi,there\n")
+    r = cli("train", "--model", tiny_dir, "--task", "qa", "--data", data, "--input-column", "q",
+            "--target-column", "answer", "--steps", "1", "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert "column 'q'" in r.stderr and "['answer', 'question']" in r.stderr
+
+
+def test_adapter_for_another_model_is_refused(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
+    import prefixtune as pt
+    from tiny import tiny_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": str(tiny_dir), "task": "e2e", "data": str(e2e_dir)}))
+    pt.wrap(tiny_model("gpt2"), pt.PrefixConfig(prefix_length=2)).save_pretrained(run / "best")
+    r = cli("eval", "--run", run, "--split", "dev")
+    assert r.returncode == 2 and "another shape" in r.stderr and len(r.stderr.strip().splitlines()) == 1
