@@ -94,6 +94,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp
     train(parts, log=logs.append)
     assert any("skipping checkpoint step-000005" in m for m in logs)
     assert any("resuming from" in m and "step 2" in m for m in logs)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 6]  # six training steps, then the final evaluation
     a, b = adapter_state(tmp_path / "whole", tiny_dir), adapter_state(tmp_path / "parts", tiny_dir)
     assert a.keys() == b.keys()
     for k in a:

@@ -118,6 +118,11 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             start, progress = meta["step"], meta["progress"]
             if main:
                 log(f"resuming from {found} (step {start})")
+                metrics = out / "metrics.jsonl"
+                if metrics.is_file():  # drop what the interrupted run logged after its checkpoint
+                    kept = [line for line in metrics.read_text().splitlines()
+                            if line.strip() and json.loads(line).get("step", 0) <= start]
+                    atomic_write(metrics, "".join(line + "\n" for line in kept).encode())
     ddp = acc.prepare_model(pm) if world > 1 else pm
     pad = tok.pad_token_id
     eval_task = None
