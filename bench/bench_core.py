@@ -607,24 +607,25 @@ def render(results: dict[str, Any]) -> tuple[str, str]:
 
 
 def write_markdown(path: Path, cmd_line: str, section: str) -> None:
-    """Write the title and command line at the top and replace this script's marked section."""
-    rest = ""
-    if path.exists():
-        text = path.read_text()
-        if BEGIN in text and END in text:
-            a, b = text.index(BEGIN), text.index(END) + len(END)
-            text = text[:a] + text[b:]
-        lines = text.splitlines()
-        if lines and lines[0].strip() == TITLE:
-            lines = lines[1:]
-        lines = [l for l in lines if not l.startswith(CMD_PREFIX)]
-        rest = "\n".join(lines).strip()
-    parts = [TITLE, "", cmd_line, ""]
-    if rest:
-        parts += [rest, ""]
-    parts.append(section)
+    """Title and command line at the top; this script's marked section replaced in place (or appended).
+
+    Everything else in the file (other scripts' sections) is kept as it is.
+    """
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        a, b = text.index(BEGIN), text.index(END) + len(END)
+        text = text[:a] + section.rstrip("\n") + text[b:]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
+    lines = [l for l in text.splitlines() if not l.startswith(CMD_PREFIX)]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if lines and lines[0].strip() == TITLE:
+        lines.pop(0)
+    while lines and not lines[0].strip():
+        lines.pop(0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts))
+    path.write_text("\n".join([TITLE, "", cmd_line, ""] + lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -482,6 +482,14 @@ def classification_md(r: dict[str, Any], header: str) -> str:
         lines.append(f"| {METHOD_LABEL[x['method']]} | {s} | {x['steps']} | {x['train_examples_seen']:,} | "
                      f"**{100 * x['accuracy']:.2f}%** ({x['correct']}/{x['n_eval']}) | {x['trainable']:,} | "
                      f"{x['trainable_percent']:.3f}% | {x['train_seconds']:.0f} | {x['final_train_loss']:.3f} |")
+    for e in r.get("earlier_runs", []):
+        lines += ["", f"Earlier run of this script with a smaller budget ({e['date']}, `{e['command']}`; "
+                      f"{e['train_size']:,} training examples, sweep of {e['sweep_steps']} steps per setting):", "",
+                  "| method | setting | steps | dev accuracy | train time (s) |", "|---|---|---:|---:|---:|"]
+        for x in e["results"]:
+            s = ", ".join(f"{k}={v}" for k, v in x["setting"].items())
+            lines.append(f"| {METHOD_LABEL[x['method']]} | {s} | {x['steps']} | {100 * x['accuracy']:.2f}% "
+                         f"({x['correct']}/{x['n_eval']}) | {x['train_seconds']:.0f} |")
     if r.get("settings_from"):
         lines += ["", f"No sweep here: each method uses the setting chosen by the {dict(sst2='SST-2', rte='RTE')[r['settings_from']]} sweep "
                       f"(see that section)."]
