@@ -181,3 +181,45 @@ def test_shutdown_finishes_running_requests(tokenizer, adapters):
             results = [f.result().choices[0].finish_reason for f in futures]
     assert len(results) == 3 and all(r in ("stop", "length") for r in results)  # none was cut off by the shutdown
     assert not engine._thread.is_alive(), "the engine drains and stops with the server"
+
+
+def test_serve_command_runs_and_stops_on_sigterm(tokenizer, adapters, tmp_path):
+    """`prefixtune serve` as a user starts it: a real process, a real port, SIGTERM to stop."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    model_dir = tmp_path / "tiny"
+    tiny_llama(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "prefixtune.cli", "serve", "--model", str(model_dir),
+                             "--adapter", f"table={adapters['table']}", "--port", str(port), "--api-key", KEY],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "TQDM_DISABLE": "1"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+            time.sleep(0.3)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
+        assert [m.id for m in client.models.list().data] == [str(model_dir), "table"]
+        assert client.completions.create(model="table", prompt="hi", max_tokens=3, temperature=0).choices
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status says SIGTERM
+    assert code in (0, -signal.SIGTERM)
+    assert "Finished server process" in proc.stdout.read()
