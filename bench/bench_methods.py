@@ -482,6 +482,13 @@ def classification_md(r: dict[str, Any], header: str) -> str:
         lines.append(f"| {METHOD_LABEL[x['method']]} | {s} | {x['steps']} | {x['train_examples_seen']:,} | "
                      f"**{100 * x['accuracy']:.2f}%** ({x['correct']}/{x['n_eval']}) | {x['trainable']:,} | "
                      f"{x['trainable_percent']:.3f}% | {x['train_seconds']:.0f} | {x['final_train_loss']:.3f} |")
+    ptv2 = [x for x in r["results"] if x["method"] == "ptuning_v2"]
+    if task == "sst2" and ptv2:
+        x = ptv2[0]
+        met = x["accuracy"] >= 0.88 and x["trainable_percent"] < 1.0
+        lines += ["", f"Target (issue): P-tuning v2 on SST-2 dev >= 88% with < 1% of the parameters trained: "
+                      f"**{'met' if met else 'not met'}** here ({100 * x['accuracy']:.2f}% with {x['trainable_percent']:.3f}%, "
+                      f"after {x['steps']} steps of batch {x['batch']})."]
     for e in r.get("earlier_runs", []):
         lines += ["", f"Earlier run of this script with a smaller budget ({e['date']}, `{e['command']}`; "
                       f"{e['train_size']:,} training examples, sweep of {e['sweep_steps']} steps per setting):", "",
@@ -495,7 +502,9 @@ def classification_md(r: dict[str, Any], header: str) -> str:
                       f"(see that section)."]
     if r["sweep"]:
         lines += ["", f"Sweep (chosen setting in bold; each run {r['sweep_steps']} steps with the same schedule shape, "
-                      f"accuracy on {r['sweep_eval_size']} held-out **training** examples, not on dev):", "",
+                      f"accuracy on {r['sweep_eval_size']} held-out **training** examples, not on dev; "
+                      f"one standard error at ~83% is {100 * math.sqrt(0.83 * 0.17 / max(1, r['sweep_eval_size'])):.1f} points, "
+                      "so most differences here are within noise):", "",
                   "| method | setting | held-out accuracy | train time (s) |", "|---|---|---:|---:|"]
         chosen = {x["method"]: x["setting"] for x in r["results"]}
         for m, runs in r["sweep"].items():
