@@ -15,7 +15,7 @@ plus the title and command line at the top) and ``docs/bench_core.json``.
 
 Usage::
 
-    python bench/bench_core.py            # full run (~10 min on 2 cores)
+    python bench/bench_core.py            # full run (~7 min on 2 idle cores; longer if others compete)
     python bench/bench_core.py --quick    # smoke run with tiny sizes
 """
 
@@ -617,15 +617,23 @@ def write_markdown(path: Path, cmd_line: str, section: str) -> None:
         text = text[:a] + section.rstrip("\n") + text[b:]
     else:
         text = text.rstrip("\n") + ("\n\n" if text.strip() else "") + section
-    lines = [l for l in text.splitlines() if not l.startswith(CMD_PREFIX)]
-    while lines and not lines[0].strip():
-        lines.pop(0)
-    if lines and lines[0].strip() == TITLE:
-        lines.pop(0)
-    while lines and not lines[0].strip():
-        lines.pop(0)
+    lines = text.splitlines()
+    at = [i for i, l in enumerate(lines) if l.startswith(CMD_PREFIX)]
+    if at:  # keep the command line where it is (the file's owner may have put a summary above it)
+        lines[at[0]] = cmd_line
+        lines = [l for i, l in enumerate(lines) if i not in at[1:]]
+    else:
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        if lines and lines[0].strip() == TITLE:
+            lines.pop(0)
+        while lines and not lines[0].strip():
+            lines.pop(0)
+        lines = [cmd_line, ""] + lines
+    if not lines or lines[0].strip() != TITLE:
+        lines = [TITLE, ""] + lines
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([TITLE, "", cmd_line, ""] + lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
