@@ -887,7 +887,9 @@ def render(result: dict[str, Any]) -> str:
               f"linear warm-up {int(WARMUP * 100)}% then linear decay, grad-norm clip {CLIP}"
               + (" · **QUICK smoke sizes, not real numbers**" if result["quick"] else "")
               + ". The machine was shared with other jobs, so times are only indicative.")
-    return e2e_md(result, header) if result["task"] == "e2e" else classification_md(result, header)
+    body = e2e_md(result, header) if result["task"] == "e2e" else classification_md(result, header)
+    notes = result.get("notes") or []  # added by hand to the JSON, e.g. about interruptions
+    return body + ("\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
 
 if __name__ == "__main__":
     main()
