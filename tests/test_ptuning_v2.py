@@ -95,3 +95,16 @@ def test_save_load_keeps_head(tmp_path, family, reparam):
 def test_generate_is_refused_with_a_head():
     with pytest.raises(TypeError, match="head"):
         make("llama").generate(input_ids=token_ids("llama", 1, 3))
+
+
+def test_default_positions_are_shifted_like_prefix_config():
+    pm = make("bert")
+    assert pm.config.position_mode == "shifted" and pm.shifted
+    gated = pt.PTuningV2Config(gate=True)
+    assert gated.position_mode == "natural"
+
+
+def test_too_long_input_for_learned_positions_is_a_clear_error():
+    pm = make("bert")  # 128 learned positions, prefix 4 shifts positions by 4
+    with pytest.raises(ValueError, match="input too long"):
+        pm(input_ids=token_ids("bert", 1, 126))

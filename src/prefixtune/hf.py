@@ -231,6 +231,10 @@ class Injection:
         params = inspect.signature(model.forward).parameters
         self.takes_position_ids = "position_ids" in params and not self.is_encoder_decoder
         self.position_base = int(self.family.position_base(model.config))
+        # families with learned absolute positions index a table and fail obscurely past its end
+        self.absolute_positions = (getattr(model.config, "max_position_embeddings", None)
+                                   if self.layout.model_type in ("bert", "roberta", "distilbert") else
+                                   getattr(model.config, "n_positions", None) if self.layout.model_type == "gpt2" else None)
         self._active: PrefixBatch | None = None
         # generate() rejects keyword arguments it does not know and calls the encoder of an
         # encoder-decoder model directly, so the prefix is added by pre-hooks on both entries.
@@ -299,4 +303,10 @@ class Injection:
         past = past_kv.get_seq_length() if past_kv is not None and hasattr(past_kv, "get_seq_length") else 0
         rows, n = ref.shape[0], ref.shape[1]
         kwargs["position_ids"] = self.position_ids(kwargs.get("attention_mask"), (rows, n), shift, ref.device, past)
+        limit = self.absolute_positions
+        if limit is not None and int(kwargs["position_ids"].max()) >= limit:
+            raise ValueError(
+                f"input too long: {self.layout.model_type} has {limit} learned positions, and this input needs "
+                f"position {int(kwargs['position_ids'].max())} (the prefix shifts positions by its length); shorten "
+                "the input or use position_mode='natural'")
         return kwargs

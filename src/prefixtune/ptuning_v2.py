@@ -50,6 +50,8 @@ class PTuningV2Config(ConfigIO):
 
     def __post_init__(self) -> None:
         self.exclude_layers = tuple(self.exclude_layers)
+        if self.position_mode is None:  # same default as PrefixConfig
+            self.position_mode = "natural" if self.gate else "shifted"
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.num_labels < 1:
