@@ -104,12 +104,14 @@ class Family:
         d_model: config -> hidden size.
         position_base: config -> position id of the first real token (RoBERTa starts after its
             padding index).
+        max_positions: config -> number of learned absolute positions (None for rotary/relative).
     """
 
     patterns: dict[str, str]
     shape: Callable[[Any], dict[str, tuple[int, int, int]]]
     d_model: Callable[[Any], int]
     position_base: Callable[[Any], int] = lambda c: 0
+    max_positions: Callable[[Any], int | None] = lambda c: None  # size of a learned absolute position table
 
 
 def _llama_like(c: Any) -> dict[str, tuple[int, int, int]]:
@@ -130,17 +132,18 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(
         {"decoder_self": r"(?:^|\.)h\.(\d+)\.attn$"},
         lambda c: {"decoder_self": (c.n_layer, c.n_head, c.n_embd // c.n_head)},
-        lambda c: c.n_embd),
+        lambda c: c.n_embd, max_positions=lambda c: c.n_positions),
     "llama": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
     "qwen2": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
     "mistral": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
     "gemma2": Family(_DECODER, _llama_like, lambda c: c.hidden_size),
-    "bert": Family(_BERT, _bert_like, lambda c: c.hidden_size),
-    "roberta": Family(_BERT, _bert_like, lambda c: c.hidden_size, lambda c: c.pad_token_id + 1),
+    "bert": Family(_BERT, _bert_like, lambda c: c.hidden_size, max_positions=lambda c: c.max_position_embeddings),
+    "roberta": Family(_BERT, _bert_like, lambda c: c.hidden_size, lambda c: c.pad_token_id + 1,
+                      lambda c: c.max_position_embeddings),
     "distilbert": Family(
         {"encoder_self": r"(?:^|\.)transformer\.layer\.(\d+)\.attention$"},
         lambda c: {"encoder_self": (c.n_layers, c.n_heads, c.dim // c.n_heads)},
-        lambda c: c.dim),
+        lambda c: c.dim, max_positions=lambda c: c.max_position_embeddings),
     "t5": Family(
         {"encoder_self": r"(?:^|\.)encoder\.block\.(\d+)\.layer\.0\.SelfAttention$",
          "decoder_self": r"(?:^|\.)decoder\.block\.(\d+)\.layer\.0\.SelfAttention$",
@@ -231,10 +234,8 @@ class Injection:
         params = inspect.signature(model.forward).parameters
         self.takes_position_ids = "position_ids" in params and not self.is_encoder_decoder
         self.position_base = int(self.family.position_base(model.config))
-        # families with learned absolute positions index a table and fail obscurely past its end
-        self.absolute_positions = (getattr(model.config, "max_position_embeddings", None)
-                                   if self.layout.model_type in ("bert", "roberta", "distilbert") else
-                                   getattr(model.config, "n_positions", None) if self.layout.model_type == "gpt2" else None)
+        # learned absolute positions index a table and would fail obscurely past its end
+        self.absolute_positions = self.family.max_positions(model.config)
         self._active: PrefixBatch | None = None
         # generate() rejects keyword arguments it does not know and calls the encoder of an
         # encoder-decoder model directly, so the prefix is added by pre-hooks on both entries.
