@@ -129,3 +129,79 @@ def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
     a, b = adapter_state(tmp_path / "single", tiny_dir), adapter_state(tmp_path / "ddp", tiny_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def baseline_state(run: Path, tiny_dir) -> dict:
+    from prefixtune.baselines import load_baseline
+
+    bm = load_baseline(T.AutoModelForCausalLM.from_pretrained(tiny_dir), run / "adapter")
+    return bm.trainable_state_dict()
+
+
+@pytest.mark.parametrize("method,adapter", [("lora", {"r": 2}), ("full", {})])
+def test_baselines_train_and_resume_exactly(tiny_dir, e2e_dir, tmp_path, method, adapter):
+    whole = config(tiny_dir, e2e_dir, tmp_path / "whole", method=method, adapter=adapter, eval_every=0, steps=4,
+                   lr=1e-3)
+    result = train(whole, log=lambda m: None)
+    params = result["parameters"]
+    if method == "full":
+        assert params["trainable"] == params["base"]
+    else:
+        assert 0 < params["trainable"] < params["base"] / 10
+    parts = config(tiny_dir, e2e_dir, tmp_path / "parts", method=method, adapter=adapter, eval_every=0, steps=4,
+                   lr=1e-3)
+    train(parts, log=lambda m: None, stop_after=3)  # killed after step 3: resumes from the step-2 checkpoint
+    train(parts, log=lambda m: None)
+    a, b = baseline_state(tmp_path / "whole", tiny_dir), baseline_state(tmp_path / "parts", tiny_dir)
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_time_budget_stops_the_run_and_a_rerun_does_not_train_more(tiny_dir, e2e_dir, tmp_path):
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", eval_every=0, steps=50, max_seconds=0.0)
+    logs: list[str] = []
+    result = train(cfg, log=logs.append)
+    assert result["steps_done"] == 1 and any("time budget" in m for m in logs)
+    assert result["train_seconds"] > 0 and result["train_tokens"] > 0
+    before = adapter_state(tmp_path / "run", tiny_dir)
+    again = train(cfg, log=lambda m: None)
+    assert again["steps_done"] == 1
+    after = adapter_state(tmp_path / "run", tiny_dir)
+    for k in before:
+        torch.testing.assert_close(before[k], after[k], rtol=0, atol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    where = tmp_path_factory.mktemp("tiny-bert")
+    tok = T.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    torch.manual_seed(0)
+    cfg = T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                       vocab_size=len(tok))
+    T.BertModel(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
+@pytest.fixture(scope="module")
+def sentiment_dir(tmp_path_factory):
+    """A tiny SST-2-like TSV task whose label is given away by one word."""
+    where = tmp_path_factory.mktemp("sentiment")
+    for split, n in (("train", 64), ("dev", 16)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            good = i % 2 == 0
+            rows.append(f"the film number {i} was {'wonderful' if good else 'dreadful'}\t{int(good)}")
+        (where / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return where
+
+
+@pytest.mark.parametrize("method,adapter", [("ptuning_v2", {"prefix_length": 2, "pooling": "mean"}),
+                                            ("lora", {"r": 2, "pooling": "mean"}), ("full", {"pooling": "mean"})])
+def test_classification_methods_learn_an_easy_task(tiny_bert_dir, sentiment_dir, tmp_path, method, adapter):
+    cfg = TrainConfig(model=str(tiny_bert_dir), task="sst2", data=str(sentiment_dir), method=method, adapter=adapter,
+                      steps=40, batch_size=16, lr=3e-2 if method != "full" else 3e-3, eval_every=0, eval_limit=None,
+                      out=str(tmp_path / "run"), max_length=16)
+    result = train(cfg, log=lambda m: None)
+    assert result["scores"]["accuracy"] == 100.0, result["scores"]

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--adapter", default="best", choices=("best", "adapter"), help="best or final adapter")
     ev.add_argument("--num-beams", type=int, default=None)
     ev.add_argument("--show", type=int, default=3, help="print this many predictions")
+    ev.add_argument("--no-loss", action="store_true",
+                    help="generation tasks: skip the loss over every input-reference pair (faster)")
     gen = sub.add_parser("generate", help="generate with a trained adapter")
     gen.add_argument("--run", required=True)
     gen.add_argument("--input", action="append", required=True, help="input text (repeatable; \\n for newline)")

@@ -191,6 +191,19 @@ class PrefixModel(nn.Module):
 
         save_adapter(self, path, base_model_name=base_model_name)
 
+    def load_trainable(self, path: str | os.PathLike) -> None:
+        """Load the trainable state saved by :meth:`save_pretrained` into this model's own parts
+        (resuming training keeps the live modules the optimizer holds)."""
+        from .checkpoint import CheckpointError, load_parts
+
+        _, parts = load_parts(path, self.layout)
+        for name in ("prefix", "prompt", "head"):
+            live, saved = getattr(self, name), getattr(parts, name)
+            if (live is None) != (saved is None):
+                raise CheckpointError(f"{path}: the saved adapter does not match this model's method")
+            if live is not None:
+                live.load_state_dict(saved.state_dict())
+
     def save_peft(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
         """Write the adapter in PEFT's format (see :mod:`prefixtune.peft_interop`)."""
         from .peft_interop import save_peft

@@ -64,40 +64,58 @@ def run_train(args: Any) -> None:
     if result:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result["scores"].items())
         print(f"{cfg.task} {cfg.eval_split}: {scores}; best {result['best']:.4g} at step {result['best_step']}")
+        if cfg.test_split:
+            score_run(Path(cfg.out), cfg.test_split, cfg.test_limit, "best", show=5, with_loss=False)
         print(f"run directory: {cfg.out}")
 
 
 def _load_run(run: Path, which: str) -> tuple[TrainConfig, Any, Any]:
     import prefixtune as pt
 
+    from ..baselines import BASELINE_CONFIGS, load_baseline
     from ..bundled import load_model
+    from .loop import model_task, task_spec
 
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{run}: not a run directory (no config.json)")
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
-    base, tok = load_model(cfg.model, task="base" if cfg.method == "ptuning_v2" else "causal-lm")
+    base, tok = load_model(cfg.model, task=model_task(cfg, task_spec(cfg).kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if cfg.method in BASELINE_CONFIGS:
+        return cfg, load_baseline(base, run / which), tok
     return cfg, pt.load(base, run / which, folded=True), tok
 
 
-def run_eval(args: Any) -> None:
+def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", num_beams: int | None = None,
+              show: int = 3, with_loss: bool = True) -> dict[str, float]:
+    """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``."""
+    import time
+
     from ..checkpoint import atomic_write
     from ..data.tasks import load_task
     from .evaluate import evaluate
     from .loop import task_spec
 
-    run = Path(args.run)
-    cfg, model, tok = _load_run(run, args.adapter)
-    task = load_task(task_spec(cfg), args.split, data=cfg.data)
-    scores, records = evaluate(model, tok, task, cfg.max_length, args.limit, max_new_tokens=cfg.max_new_tokens,
-                               num_beams=args.num_beams or cfg.num_beams, stop=cfg.stop)
-    atomic_write(run / f"scores-{args.split}.json", json.dumps(scores, indent=2).encode())
-    atomic_write(run / f"predictions-{args.split}.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
-    print(f"{cfg.task} {args.split} ({len(records)} inputs): " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-    for r in records[: args.show]:
+    cfg, model, tok = _load_run(run, adapter)
+    task = load_task(task_spec(cfg), split, data=cfg.data)
+    t0 = time.perf_counter()
+    scores, records = evaluate(model, tok, task, cfg.max_length, limit, max_new_tokens=cfg.max_new_tokens,
+                               num_beams=num_beams or cfg.num_beams, stop=cfg.stop, with_loss=with_loss)
+    meta = {"split": split, "inputs": len(records), "adapter": adapter, "num_beams": num_beams or cfg.num_beams,
+            "seconds": round(time.perf_counter() - t0, 1)}
+    atomic_write(run / f"scores-{split}.json", json.dumps({**scores, **meta}, indent=2).encode())
+    atomic_write(run / f"predictions-{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+    print(f"{cfg.task} {split} ({len(records)} inputs, {adapter} adapter): "
+          + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+    for r in records[:show]:
         print(f"  {r['input']!r} -> {r['prediction']!r}")
+    return scores
+
+
+def run_eval(args: Any) -> None:
+    score_run(Path(args.run), args.split, args.limit, args.adapter, args.num_beams, args.show, not args.no_loss)
 
 
 def run_generate(args: Any) -> None:

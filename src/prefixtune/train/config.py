@@ -10,6 +10,8 @@ from typing import Any
 
 from ..config import ConfigError
 
+METHODS = ("prefix", "prompt", "ptuning_v2", "lora", "full")
+
 
 @dataclass
 class TrainConfig:
@@ -21,9 +23,12 @@ class TrainConfig:
         data: file/directory/hub name for a custom task (or to override a built-in's data).
         input_column, target_column, label_column, template: custom task columns; ``template``
             formats the input (default ``"{<input_column>}\\n"`` for generation).
-        method: ``prefix``, ``prompt`` or ``ptuning_v2``.
+        method: ``prefix``, ``prompt`` (P-tuning with ``encoder``), ``ptuning_v2``, or the
+            comparison baselines ``lora`` (PEFT) and ``full`` (full fine-tuning).
         adapter: the method config's fields (e.g. ``{"prefix_length": 10}``).
-        steps: optimizer steps.
+        steps: optimizer steps (the learning-rate schedule spans them).
+        max_seconds: wall-clock budget for the training steps (evaluation and checkpoints not
+            counted); the run ends after the step that reaches it. None = no budget.
         batch_size: examples per step (across processes and accumulation).
         grad_accum: micro-batches per step.
         lr, weight_decay, warmup_ratio, max_grad_norm: AdamW, linear warmup then linear decay, clipping.
@@ -35,6 +40,8 @@ class TrainConfig:
         save_every: write a resumable checkpoint every N steps.
         patience: stop after this many evaluations without improvement (None = never).
         eval_split: split used for evaluation during training.
+        test_split, test_limit: after training, ``prefixtune train`` scores the best adapter on this
+            split (first ``test_limit`` inputs; None = all) and writes its scores and predictions.
         max_new_tokens, num_beams, stop: decoding for generation metrics.
         seed: seeds data order, init and dropout.
         out: the run directory.
@@ -50,6 +57,7 @@ class TrainConfig:
     method: str = "prefix"
     adapter: dict[str, Any] = field(default_factory=dict)
     steps: int = 300
+    max_seconds: float | None = None
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 5e-4
@@ -65,6 +73,8 @@ class TrainConfig:
     save_every: int = 50
     patience: int | None = None
     eval_split: str = "dev"
+    test_split: str | None = None
+    test_limit: int | None = None
     max_new_tokens: int = 60
     num_beams: int = 1
     stop: list[str] = field(default_factory=lambda: ["\n"])
@@ -72,8 +82,8 @@ class TrainConfig:
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
-        if self.method not in ("prefix", "prompt", "ptuning_v2"):
-            raise ConfigError(f"method must be prefix, prompt or ptuning_v2, got {self.method!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

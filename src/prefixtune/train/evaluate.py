@@ -28,7 +28,10 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
     try:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
         texts: dict[int, str] = {}
-        for start in range(0, len(order), batch_size):
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 4, leave=False):
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
             enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items() if k != "token_type_ids"}
@@ -50,8 +53,10 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
 @torch.no_grad()
 def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int | None = None,
              batch_size: int = 16, max_new_tokens: int = 60, num_beams: int = 1,
-             stop: Sequence[str] = ("\n",)) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Scores and per-input predictions of ``model`` on ``task`` (loss, plus BLEU & co. or accuracy)."""
+             stop: Sequence[str] = ("\n",), with_loss: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Scores and per-input predictions of ``model`` on ``task``: the loss (mean over target tokens
+    of every input-reference pair; skipped for generation tasks when ``with_loss`` is False),
+    plus BLEU & co. (generation) or accuracy and F1 (classification)."""
     from .loop import batch_loss
 
     model.eval()
@@ -62,6 +67,8 @@ def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int
         examples = [e for e in examples if e.text in keep]
     elif limit is not None:
         examples = examples[:limit]
+    if kind == "generation" and not with_loss:
+        examples = []
     encoded, _ = encode(tokenizer, examples, max_length, kind)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total, count = 0.0, 0
@@ -73,7 +80,7 @@ def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int
         total, count = total + float(loss_sum), count + n
         if kind == "classification":
             predictions += logits.argmax(-1).tolist()
-    scores = {"loss": total / max(count, 1)}
+    scores = {"loss": total / count} if count else {}
     records: list[dict[str, Any]] = []
     if kind == "generation":
         inputs = task.inputs[:limit] if limit is not None else task.inputs

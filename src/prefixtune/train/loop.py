@@ -23,6 +23,7 @@ from ..checkpoint import atomic_write
 from ..data.batching import collate, encode, length_grouped_batches
 from ..data.tasks import BUILTINS, TaskSpec, load_task
 from .config import TrainConfig
+from .memory import PeakMemory
 from .state import latest_valid, load_state, save_state
 
 
@@ -55,13 +56,47 @@ def task_spec(cfg: TrainConfig) -> TaskSpec:
     return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column)
 
 
-def method_config(cfg: TrainConfig, kind: str) -> Any:
+CLASSIFICATION_METHODS = ("ptuning_v2", "lora", "full")
+
+
+def method_config(cfg: TrainConfig, kind: str, num_labels: int = 2) -> Any:
+    """The method's config from ``cfg.adapter``; classification methods get ``num_labels``."""
+    from ..baselines import BASELINE_CONFIGS
     from ..methods import CONFIGS
 
     options = dict(cfg.adapter)
-    if cfg.method == "ptuning_v2":
-        options.setdefault("num_labels", 2)
-    return CONFIGS[cfg.method](**options)
+    if kind == "classification":
+        if cfg.method not in CLASSIFICATION_METHODS:
+            raise ValueError(f"classification tasks train with --method {', '.join(CLASSIFICATION_METHODS)} "
+                             f"(a head on the model), not {cfg.method!r}")
+        options.setdefault("num_labels", num_labels)
+    return {**CONFIGS, **BASELINE_CONFIGS}[cfg.method](**options)
+
+
+def model_task(cfg: TrainConfig, kind: str) -> str:
+    """Which transformers head class to load the base model with."""
+    return "base" if kind == "classification" else "causal-lm"
+
+
+def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: int = 2) -> Any:
+    """The trainable model: a prefixtune adapter or a baseline (LoRA, full fine-tuning)."""
+    import prefixtune as pt
+
+    from ..baselines import BASELINE_CONFIGS, BaselineModel
+
+    config = method_config(cfg, kind, num_labels)
+    if cfg.method in BASELINE_CONFIGS:
+        return BaselineModel(base, config)
+    return pt.wrap(base, config, tokenizer=tok)
+
+
+def _any_process(flag: bool, world: int) -> bool:
+    """True on every process when ``flag`` is true on any (so all processes stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -75,7 +110,6 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    import prefixtune as pt
     from ..bundled import load_model
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -92,16 +126,15 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
 
-    model_task = "base" if cfg.method == "ptuning_v2" else "causal-lm"
-    base, tok = load_model(cfg.model, task=model_task)
+    method_config(cfg, spec.kind)  # bad options fail before the model loads
+    base, tok = load_model(cfg.model, task=model_task(cfg, spec.kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if spec.kind == "classification" and cfg.method != "ptuning_v2":
-        raise ValueError("classification tasks train with --method ptuning_v2 (a prefix and a head)")
-    pm = pt.wrap(base, method_config(cfg, spec.kind), tokenizer=tok)
+    train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit)
+    spec = train_task.spec  # classification: the label set is known now
+    pm = build_model(cfg, base, tok, spec.kind, max(2, len(spec.labels)))
     if cfg.gradient_checkpointing:
         pm.gradient_checkpointing_enable()
-    train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit)
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
     if main:
         log(f"{len(encoded)} training examples ({report}); {pm.count_parameters()}")
@@ -147,13 +180,22 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         return scores
 
     pm.train()
-    bar = tqdm(range(start, cfg.steps), desc=f"training {cfg.method} on {spec.name}", unit="step", disable=not main,
-               initial=start, total=cfg.steps)
+    memory = PeakMemory(acc.device)
+    memory.start()
     done_here = 0
-    stopped_early = False
+    current = start
+    stopped_early = bool(progress.get("stopped"))  # a resumed run that had already stopped trains no more
+    bar = tqdm(range(start, start if stopped_early else cfg.steps),
+               desc=f"training {cfg.method} on {spec.name}", unit="step", disable=not main,
+               initial=start, total=cfg.steps)
+    epoch_batches: dict[int, list[list[int]]] = {}
     for step in bar:
+        step_start = time.perf_counter()
         epoch, within = divmod(step, per_epoch)
-        batch_idx = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)[within]
+        if epoch not in epoch_batches:
+            epoch_batches.clear()
+            epoch_batches[epoch] = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        batch_idx = epoch_batches[epoch][within]
         global_count = sum(sum(1 for t in encoded[i].labels[1:] if t != -100) if spec.kind == "generation" else 1
                            for i in batch_idx)
         t0 = time.perf_counter()
@@ -165,7 +207,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss_sum, _, _ = batch_loss(ddp, batch, spec.kind)
             (loss_sum / global_count * world).backward()
-            loss_total += float(loss_sum)
+            loss_total += float(loss_sum.detach())
             tokens += int(batch["attention_mask"].sum())
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(pm.trainable_parameters(), cfg.max_grad_norm)
@@ -173,9 +215,15 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         scheduler.step()
         loss_value = loss_total * world / global_count  # this process's share, scaled (exact with 1 process)
         rate = tokens * world / (time.perf_counter() - t0)
+        progress["train_tokens"] = progress.get("train_tokens", 0) + tokens * world
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:.0f}")
         write_metrics({"step": step + 1, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
+        # wall time of training steps (data, forward, backward, update; not evaluation or checkpoints)
+        progress["train_seconds"] = progress.get("train_seconds", 0.0) + time.perf_counter() - step_start
         current = step + 1
+        if cfg.max_seconds is not None and _any_process(progress["train_seconds"] >= cfg.max_seconds, world):
+            stopped_early = True
+            progress["stopped"] = f"time budget of {cfg.max_seconds:g} s reached at step {current}"
         if cfg.eval_every and current % cfg.eval_every == 0 and current < cfg.steps:
             if main:
                 scores = run_eval(current)
@@ -186,8 +234,9 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
                 else:
                     progress["bad_evals"] += 1
             acc.wait_for_everyone()
-            if cfg.patience is not None and progress["bad_evals"] >= cfg.patience:
+            if cfg.patience is not None and progress["bad_evals"] >= cfg.patience and not stopped_early:
                 stopped_early = True
+                progress["stopped"] = f"early stopping at step {current}: no {metric} improvement in {cfg.patience} evaluations"
         if main and (current % cfg.save_every == 0 or current == cfg.steps or stopped_early):
             save_state(out / "checkpoints", current, pm, optimizer, scheduler, progress)
             for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:  # keep the last two
@@ -195,23 +244,27 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         acc.wait_for_everyone()
         done_here += 1
         if stopped_early:
-            log(f"early stopping at step {current}: no {metric} improvement in {cfg.patience} evaluations")
+            if main:
+                log(progress["stopped"])
             break
         if stop_after is not None and done_here >= stop_after:
             return {"stopped_at": current}
     bar.close()
+    peak = memory.peak_mib()
     result: dict[str, Any] = {}
     if main:
         pm.save_pretrained(out / "adapter")
-        scores = run_eval(cfg.steps)
-        progress["history"].append({"step": cfg.steps, **scores})
+        scores = run_eval(current)
+        progress["history"].append({"step": current, **scores})
         if progress["best"] is None or scores[metric] >= progress["best"]:
-            progress.update(best=scores[metric], best_step=cfg.steps)
+            progress.update(best=scores[metric], best_step=current)
             pm.save_pretrained(out / "best")
         from .plots import plot_run
 
         plot_run(metrics_file, out, metric)
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
+                  "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
+                  "peak_memory_mib": peak, "steps_done": current,
                   "parameters": vars(pm.count_parameters()) | {"trainable_percent": pm.count_parameters().trainable_percent}}
         atomic_write(out / "result.json", json.dumps(result, indent=2).encode())
     acc.wait_for_everyone()

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..checkpoint import CheckpointError, atomic_write, load_parts
+from ..checkpoint import CheckpointError, atomic_write
 
 STATE = "state.json"
 
@@ -113,13 +113,7 @@ def latest_valid(root: Path, log: Any = print) -> Path | None:
 def load_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
     """Restore everything saved by :func:`save_state` into live objects; returns the metadata."""
     meta = verify(path)
-    _, parts = load_parts(path / "adapter", model.layout)
-    for name in ("prefix", "prompt", "head"):
-        live, saved = getattr(model, name), getattr(parts, name)
-        if (live is None) != (saved is None):
-            raise CheckpointError(f"{path}: the checkpoint's adapter does not match this run's method")
-        if live is not None:
-            live.load_state_dict(saved.state_dict())
+    model.load_trainable(path / "adapter")
     tensors = st_load((path / "state.safetensors").read_bytes())
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
