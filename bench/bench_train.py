@@ -71,11 +71,13 @@ def worker_prefixtune(spec: dict[str, Any]) -> dict[str, Any]:
                           max_length=MAX_LENGTH, train_limit=spec["examples"], eval_every=0, eval_limit=1,
                           save_every=spec["steps"], seed=spec["seed"], out=tmp)
         result = train(cfg, resume=False, log=hook)
-    peak = maxrss_kib()
-    from prefixtune.data.batching import length_grouped_batches
-    from prefixtune.bundled import load_model
+    peak = maxrss_kib()  # before anything else is loaded in this process
+    from transformers import AutoTokenizer
 
-    _, tok = load_model(spec["model"])
+    from prefixtune.bundled import resolve
+    from prefixtune.data.batching import length_grouped_batches
+
+    tok = AutoTokenizer.from_pretrained(resolve(spec["model"]))
     lengths = [len(e.input_ids) for e in _examples(tok, spec["examples"])]
     per_epoch = max(1, len(lengths) // spec["batch"])
     real = padded = 0

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prefixtune.markdown import replace_section  # noqa: F401  (re-exported for the bench scripts)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -82,20 +84,3 @@ def env_line(env: dict[str, Any]) -> str:
     return (f"{env['date']} · prefixtune at git {env['git_commit']}{' (src modified)' if env['src_dirty'] else ''} · "
             f"torch {env['torch']} · transformers {env['transformers']} · peft {env['peft']} · "
             f"accelerate {env['accelerate']} · {env['nproc']} CPUs ({env['cpu']}), torch threads {env['torch_threads']}")
-
-
-def replace_section(path: Path, key: str, section: str, title: str) -> None:
-    """Replace the ``<!-- BEGIN key -->`` ... ``<!-- END key -->`` block of ``path`` (or append it).
-
-    Everything else in the file is kept, so several scripts (and hand-written text) share one page.
-    """
-    begin, end = f"<!-- BEGIN {key} (generated; do not edit by hand) -->", f"<!-- END {key} -->"
-    block = f"{begin}\n{section.strip()}\n{end}"
-    text = path.read_text() if path.exists() else f"{title}\n"
-    if begin in text and end in text:
-        a, b = text.index(begin), text.index(end) + len(end)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)

@@ -27,9 +27,11 @@ def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
     cfg.write_text(f"model: {tiny_dir}\ntask: e2e\ndata: {e2e_dir}\nsteps: 4\nbatch_size: 4\n"
                    "adapter:\n  prefix_length: 3\n  hidden_size: 16\n")
     r = cli("train", "--config", cfg, "--eval-every", 0, "--eval-limit", 3, "--max-new-tokens", 5,
-            "--set", "reparameterization=direct", "--out", run)
+            "--set", "reparameterization=direct", "--out", run, "--test-split", "dev", "--test-limit", 2)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "e2e dev:" in r.stdout and "bleu" in r.stdout
+    assert "e2e dev (2 inputs, best adapter): bleu" in r.stdout  # scored after training, with predictions
+    assert json.loads((run / "scores-dev.json").read_text())["inputs"] == 2
     saved = json.loads((run / "config.json").read_text())
     assert saved["steps"] == 4 and saved["adapter"] == {"prefix_length": 3, "hidden_size": 16,
                                                         "reparameterization": "direct"}

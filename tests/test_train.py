@@ -205,3 +205,29 @@ def test_classification_methods_learn_an_easy_task(tiny_bert_dir, sentiment_dir,
                       out=str(tmp_path / "run"), max_length=16)
     result = train(cfg, log=lambda m: None)
     assert result["scores"]["accuracy"] == 100.0, result["scores"]
+
+
+@pytest.mark.parametrize("method", ["prefix", "prompt", "lora", "full"])
+def test_trimmed_logits_give_the_same_loss(tiny_dir, method):
+    """The LM head on the target positions only (logits_to_keep) == the head on every position."""
+    import prefixtune as pt
+    from prefixtune.baselines import BaselineModel, FullConfig, LoraConfig
+    from prefixtune.data.batching import Encoded, collate
+    from prefixtune.train.loop import _accepts_logits_to_keep, batch_loss
+
+    base = T.AutoModelForCausalLM.from_pretrained(tiny_dir)
+    model = {"prefix": lambda: pt.wrap(base, pt.PrefixConfig(prefix_length=3, hidden_size=8)),
+             "prompt": lambda: pt.wrap(base, pt.PromptConfig(num_virtual_tokens=2)),
+             "lora": lambda: BaselineModel(base, LoraConfig(r=2)),
+             "full": lambda: BaselineModel(base, FullConfig())}[method]()
+    assert _accepts_logits_to_keep(model)
+    rows = [Encoded([5, 6, 7, 8, 9, 10, 11], labels=[-100, -100, -100, 8, 9, 10, 11]),
+            Encoded([5, 6, 7, 8, 9], labels=[-100, -100, -100, -100, 9]),
+            Encoded([12, 13, 14, 15, 16, 17, 18, 19], labels=[-100] * 6 + [18, 19])]
+    batch = collate(rows, pad_id=0)
+    full_loss, full_n, full_logits = batch_loss(model, batch, "generation")
+    trim_loss, trim_n, trim_logits = batch_loss(model, batch, "generation", trim_logits=True)
+    assert full_n == trim_n == 7
+    assert trim_logits.shape[1] == 8 - 3 + 1 < full_logits.shape[1]  # from the position before the first target
+    torch.testing.assert_close(trim_loss, full_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(trim_logits, full_logits[:, 2:], atol=1e-5, rtol=1e-5)

@@ -68,6 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--stop", action="append", default=None)
+    cmp = sub.add_parser("compare", help="run several methods on one task (same data, budget, seeds) and report",
+                         description="Train every run of a comparison file (methods x seeds, an optional sweep, an "
+                                     "optional low-data curve), each in its own process; finished runs are skipped "
+                                     "and an interrupted one resumes. Then write report.md, report.json and plots.")
+    cmp.add_argument("--config", required=True, help="comparison file (YAML/JSON; see prefixtune.compare.config)")
+    cmp.add_argument("--out", default=None, help="override the comparison's output directory")
+    cmp.add_argument("--only", default=None, help="run only the runs whose name contains this text")
+    cmp.add_argument("--dry-run", action="store_true", help="list the runs and whether they are finished; train nothing")
+    cmp.add_argument("--report-only", action="store_true", help="write the report from the finished runs; train nothing")
+    cmp.add_argument("--publish", default=None, metavar="MARKDOWN",
+                     help="also put the report into this markdown page (its section for this comparison), "
+                          "with the plots in a folder named after the page")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -95,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             from .train.commands import run_generate
 
             run_generate(args)
+        elif args.command == "compare":
+            from .compare.commands import run_compare
+
+            return run_compare(args, argv)
         elif args.command == "serve":
             from .serve.main import serve_from_args
 

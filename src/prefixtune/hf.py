@@ -165,6 +165,16 @@ FAMILIES: dict[str, Family] = {
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 
 
+def accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether ``model`` (a transformers model, or a PEFT model around one) computes its LM head on
+    the last ``logits_to_keep`` positions only (decoder-only families in transformers 5)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        return "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def family_of(model: PreTrainedModel) -> Family:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in FAMILIES:

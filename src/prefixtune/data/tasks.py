@@ -106,13 +106,16 @@ def _column(record: dict[str, Any], name: str, source: str) -> Any:
 
 
 def load_task(task: str | TaskSpec, split: str = "train", data: str | os.PathLike | None = None,
-              data_dir: str | os.PathLike | None = None, limit: int | None = None) -> Task:
+              data_dir: str | os.PathLike | None = None, limit: int | None = None,
+              sample_seed: int | None = None) -> Task:
     """Examples of ``task`` (a built-in name or a :class:`TaskSpec`) for ``split``.
 
     Args:
         data: where to read from (file, directory or hub name); default: the built-in's local
             copy, else its hub copy.
         limit: keep the first ``limit`` records.
+        sample_seed: with ``limit``, keep a random sample of ``limit`` records drawn with this
+            seed instead (in file order), e.g. for low-data experiments with several subsets.
     """
     spec = BUILTINS.get(task) if isinstance(task, str) else task
     if spec is None:
@@ -126,7 +129,12 @@ def load_task(task: str | TaskSpec, split: str = "train", data: str | os.PathLik
     if source is None:
         raise DataError(f"task {spec.name!r} needs data: pass a file or directory")
     records = read_records(source, split)
-    if limit is not None:
+    if limit is not None and sample_seed is not None and limit < len(records):
+        import random
+
+        keep = sorted(random.Random(sample_seed).sample(range(len(records)), limit))
+        records = [records[i] for i in keep]
+    elif limit is not None:
         records = records[:limit]
     where = f"{source} [{split}]"
     examples: list[Example] = []

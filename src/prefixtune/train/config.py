@@ -36,6 +36,8 @@ class TrainConfig:
         gradient_checkpointing: recompute layers in backward.
         max_length: longest tokenized example (longer ones are truncated and counted).
         train_limit, eval_limit: use only the first N training records / evaluation inputs.
+        train_sample_seed: with ``train_limit``, a random subset of that size drawn with this seed
+            instead of the first records (low-data experiments).
         eval_every: evaluate (loss and task metric) every N steps; 0 = only at the end.
         save_every: write a resumable checkpoint every N steps.
         patience: stop after this many evaluations without improvement (None = never).
@@ -68,6 +70,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     max_length: int = 160
     train_limit: int | None = None
+    train_sample_seed: int | None = None
     eval_limit: int | None = 100
     eval_every: int = 100
     save_every: int = 50

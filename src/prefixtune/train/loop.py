@@ -27,16 +27,30 @@ from .memory import PeakMemory
 from .state import latest_valid, load_state, save_state
 
 
-def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: str) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """``(sum of losses, number of target tokens or examples, logits)`` of one batch."""
+def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: str,
+               trim_logits: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """``(sum of losses, number of target tokens or examples, logits)`` of one batch.
+
+    Generation: position ``j`` predicts token ``j + 1``; labels are shifted (not the logits, so
+    the ``(B, n, V)`` logits are never copied). With ``trim_logits`` the model computes its LM head
+    only from the position before the batch's first target token on (``logits_to_keep``): the
+    prompt positions carry no loss, so the loss is the same and the head's cost shrinks.
+    """
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
     if kind == "classification":
+        logits = model(**inputs).logits
         return F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel(), logits
-    shifted = labels[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="sum")
-    return loss, int((shifted != -100).sum()), logits
+    n = labels.shape[1]
+    first = 1
+    if trim_logits:
+        has_target = (labels[:, 1:] != -100).any(0)
+        first = int(has_target.nonzero()[0]) + 1 if bool(has_target.any()) else n - 1
+        inputs["logits_to_keep"] = n - first + 1
+    logits = model(**inputs).logits  # (B, n - first + 1, V): positions first-1 .. n-1
+    targets = F.pad(labels[:, first:], (0, 1), value=-100)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum()), logits
 
 
 def task_spec(cfg: TrainConfig) -> TaskSpec:
@@ -90,6 +104,13 @@ def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: in
     return pt.wrap(base, config, tokenizer=tok)
 
 
+def _accepts_logits_to_keep(model: Any) -> bool:
+    from ..hf import accepts_logits_to_keep
+
+    inner = getattr(model, "net", None) if hasattr(model, "net") else getattr(model, "base_model", model)
+    return accepts_logits_to_keep(inner)
+
+
 def _any_process(flag: bool, world: int) -> bool:
     """True on every process when ``flag`` is true on any (so all processes stop at the same step)."""
     if world == 1:
@@ -130,7 +151,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     base, tok = load_model(cfg.model, task=model_task(cfg, spec.kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit)
+    train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit, sample_seed=cfg.train_sample_seed)
     spec = train_task.spec  # classification: the label set is known now
     pm = build_model(cfg, base, tok, spec.kind, max(2, len(spec.labels)))
     if cfg.gradient_checkpointing:
@@ -157,6 +178,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
                             if line.strip() and json.loads(line).get("step", 0) <= start]
                     atomic_write(metrics, "".join(line + "\n" for line in kept).encode())
     ddp = acc.prepare_model(pm) if world > 1 else pm
+    trim = spec.kind == "generation" and _accepts_logits_to_keep(pm)
     pad = tok.pad_token_id
     eval_task = None
     metric = "bleu" if spec.kind == "generation" else "accuracy"
@@ -205,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             part = batch_idx[m * micro:(m + 1) * micro][rank::world]
             batch = {k: v.to(acc.device) for k, v in collate([encoded[i] for i in part], pad).items()}
             with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss_sum, _, _ = batch_loss(ddp, batch, spec.kind)
+                loss_sum, _, _ = batch_loss(ddp, batch, spec.kind, trim_logits=trim)
             (loss_sum / global_count * world).backward()
             loss_total += float(loss_sum.detach())
             tokens += int(batch["attention_mask"].sum())

@@ -1,0 +1,171 @@
+"""``CompareConfig``: which methods, sweeps and low-data runs one comparison holds.
+
+A comparison file (YAML or JSON) looks like::
+
+    name: e2e
+    out: runs/compare-e2e
+    base:                      # TrainConfig fields shared by every run (same data, budget, evaluation)
+      model: smollm2-135m
+      task: e2e
+      steps: 150
+      test_split: test
+      test_limit: 100
+    seeds: [0]
+    methods:                   # name -> method, adapter options, and any TrainConfig override (lr ...)
+      prefix-mlp: {method: prefix, adapter: {prefix_length: 10, hidden_size: 512}, lr: 5.0e-4}
+      lora: {method: lora, adapter: {r: 8}, lr: 1.0e-3}
+    sweep:                     # optional grid around one of the methods
+      method: prefix-mlp
+      grid: {prefix_length: [1, 5, 10, 20, 40], reparameterization: [mlp, direct]}
+    low_data:                  # optional training-size curve
+      methods: [prefix-mlp, full]
+      sizes: [50, 100, 200, 500]
+      seeds: [0, 1, 2]
+
+Grid keys that are TrainConfig fields (``lr``, ``steps`` ...) override the run; all others are
+adapter options. A grid key with a single value (not a list) is a fixed override, not swept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError
+from ..train.config import TrainConfig
+
+_TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def sweep_keys(grid: dict[str, Any]) -> list[str]:
+    """The grid's swept options (those given a list); single values are fixed overrides."""
+    return [k for k, v in grid.items() if isinstance(v, list)]
+
+
+@dataclass
+class RunSpec:
+    """One training run of a comparison: its group, display name, labels and full config."""
+
+    group: str  # "methods", "sweep" or "low_data"
+    name: str  # unique, also the run's directory below ``out``
+    method: str  # the method's name in the comparison
+    labels: dict[str, Any]
+    config: TrainConfig
+
+
+@dataclass
+class CompareConfig:
+    """A comparison (see the module docstring for the file format).
+
+    Fields:
+        name: a short name (report titles, section keys).
+        out: directory of the comparison; each run gets a subdirectory.
+        base: TrainConfig fields shared by every run.
+        methods: method name -> ``{"method": ..., "adapter": {...}, <TrainConfig overrides>}``.
+        seeds: seeds of the method runs (mean and spread are reported over them).
+        sweep: ``{"method": <name>, "grid": {key: [values]}, "seeds": [...]}`` or None.
+        low_data: ``{"methods": [...], "sizes": [...], "seeds": [...], <TrainConfig overrides>}``
+            or None; each run trains on a random subset of that size (seeded) of the training data.
+    """
+
+    name: str = "comparison"
+    out: str = "runs/compare"
+    base: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    sweep: dict[str, Any] | None = None
+    low_data: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ConfigError("a comparison needs at least one entry under 'methods'")
+        unknown = sorted(set(self.base) - _TRAIN_FIELDS)
+        if unknown:
+            raise ConfigError(f"base: unknown training options {unknown}")
+        for name, m in self.methods.items():
+            if not isinstance(m, dict) or "method" not in m:
+                raise ConfigError(f"methods.{name}: give at least 'method' (prefix, prompt, ptuning_v2, lora, full)")
+            bad = sorted(set(m) - _TRAIN_FIELDS)
+            if bad:
+                raise ConfigError(f"methods.{name}: unknown options {bad}")
+        if self.sweep is not None:
+            if self.sweep.get("method") not in self.methods:
+                raise ConfigError(f"sweep.method must name one of the methods {sorted(self.methods)}")
+            if not isinstance(self.sweep.get("grid"), dict) or not sweep_keys(self.sweep["grid"]):
+                raise ConfigError("sweep.grid must map option names to lists of values (single values are fixed)")
+        if self.low_data is not None:
+            missing = [m for m in self.low_data.get("methods", []) if m not in self.methods]
+            if missing or not self.low_data.get("methods"):
+                raise ConfigError(f"low_data.methods must name methods of the comparison (unknown: {missing})")
+            if not self.low_data.get("sizes"):
+                raise ConfigError("low_data.sizes must list training-set sizes")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompareConfig":
+        text = Path(path).read_text()
+        if str(path).endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping")
+        known = {f.name for f in dataclasses.fields(cls)}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise ConfigError(f"{path}: unknown comparison options {extra}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ expansion
+
+    def _train_config(self, method: str, run_dir: str, overrides: dict[str, Any]) -> TrainConfig:
+        values: dict[str, Any] = {**self.base, **self.methods[method]}
+        adapter = dict(values.get("adapter") or {})
+        for key, value in overrides.items():
+            if key in _TRAIN_FIELDS:
+                values[key] = value
+            else:
+                adapter[key] = value
+        values["adapter"] = adapter
+        values["out"] = str(Path(self.out) / run_dir)
+        try:
+            return TrainConfig.from_dict(values)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"run {run_dir}: {e}") from None
+
+    def runs(self) -> list[RunSpec]:
+        """Every run of the comparison, in the order they are trained."""
+        out: list[RunSpec] = []
+        for method in self.methods:
+            for seed in self.seeds:
+                name = f"methods/{method}/seed{seed}"
+                out.append(RunSpec("methods", name, method, {"seed": seed}, self._train_config(method, name, {"seed": seed})))
+        if self.sweep:
+            method, grid = self.sweep["method"], self.sweep["grid"]
+            keys = sweep_keys(grid)
+            fixed = {k: v for k, v in grid.items() if k not in keys}
+            for values in itertools.product(*(grid[k] for k in keys)):
+                point = dict(zip(keys, values))
+                for seed in self.sweep.get("seeds", [self.seeds[0]]):
+                    tag = ",".join(f"{k}={v}" for k, v in point.items())
+                    name = f"sweep/{method}/{tag}/seed{seed}"
+                    out.append(RunSpec("sweep", name, method, {**point, "seed": seed},
+                                       self._train_config(method, name, {**fixed, **point, "seed": seed})))
+        if self.low_data:
+            shared = {k: v for k, v in self.low_data.items() if k in _TRAIN_FIELDS}
+            for method in self.low_data["methods"]:
+                for size in self.low_data["sizes"]:
+                    for seed in self.low_data.get("seeds", self.seeds):
+                        name = f"low_data/{method}/n{size}/seed{seed}"
+                        over = {**shared, "train_limit": size, "train_sample_seed": seed, "seed": seed}
+                        out.append(RunSpec("low_data", name, method, {"size": size, "seed": seed},
+                                           self._train_config(method, name, over)))
+        return out

@@ -1,0 +1,285 @@
+"""The comparison report: tables (markdown) and plots (PNG) from the runs' own result files."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .config import CompareConfig, RunSpec, sweep_keys
+from .runner import is_finished, run_dir
+
+GENERATION_EXTRA = ("nist", "rouge_l", "cider", "meteor")
+CLASSIFICATION_EXTRA = ("f1",)
+
+
+def collect(spec: RunSpec) -> dict[str, Any] | None:
+    """One finished run's numbers, or None if it has not finished."""
+    if not is_finished(spec):
+        return None
+    d = run_dir(spec)
+    result = json.loads((d / "result.json").read_text())
+    split = spec.config.test_split or spec.config.eval_split
+    scores = json.loads((d / f"scores-{split}.json").read_text()) if spec.config.test_split else result["scores"]
+    curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    metrics = d / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            r = json.loads(line)
+            if "train_loss" in r:
+                curves["train_loss"].append((r["step"], r["train_loss"]))
+            elif "split" in r:
+                for k, v in r.items():
+                    if isinstance(v, (int, float)) and k != "step":
+                        curves[f"eval_{k}"].append((r["step"], v))
+    seconds = result.get("train_seconds") or float("nan")
+    return {"name": spec.name, "group": spec.group, "method": spec.method, "labels": spec.labels, "split": split,
+            "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
+            "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
+            "tokens_per_s": (result.get("train_tokens") or 0) / seconds if seconds == seconds and seconds else None,
+            "peak_memory_mib": result.get("peak_memory_mib"), "curves": dict(curves)}
+
+
+def _mean_sd(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def _fmt(mean: float, sd: float, n: int) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {sd:.2f}"
+
+
+def _metric(kind: str) -> str:
+    return "bleu" if kind == "generation" else "accuracy"
+
+
+def _group(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        out[key(r)].append(r)
+    return out
+
+
+def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") -> tuple[str, dict[str, Any]]:
+    """``(markdown, data)``; plots are written to ``plots_dir`` and linked as ``image_prefix + file``."""
+    from ..train.loop import task_spec
+
+    specs = cfg.runs()
+    rows = [r for r in (collect(s) for s in specs) if r is not None]
+    kind = task_spec(specs[0].config).kind
+    metric = _metric(kind)
+    extra = GENERATION_EXTRA if kind == "generation" else CLASSIFICATION_EXTRA
+    base = specs[0].config
+    split = rows[0]["split"] if rows else (base.test_split or base.eval_split)
+    limit = base.test_limit if base.test_split else base.eval_limit
+    L = [f"## {cfg.name}: {base.task} with {base.model}", ""]
+    L.append(f"{len(rows)} of {len(specs)} runs finished. Scores on the **{split}** split"
+             f"{f' (first {limit} inputs)' if limit else ''}; {metric} is the task metric. Every run: "
+             f"{base.steps} optimizer steps{f' or {base.max_seconds:g} s' if base.max_seconds else ''}, batch "
+             f"{base.batch_size}, max length {base.max_length}, linear warm-up {base.warmup_ratio:.0%} then decay, "
+             "the same data order for the same seed. Time is the wall clock of the training steps; memory is the "
+             "run's peak resident memory (CPU) or allocator peak (CUDA).")
+    L.append("")
+    data: dict[str, Any] = {"metric": metric, "split": split, "runs": rows}
+
+    methods = [r for r in rows if r["group"] == "methods"]
+    if methods:
+        L += [f"| method | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
+              "| train time (s) | peak memory (MiB) | tokens/s | seeds |",
+              "|---" + "|---:" * (len(extra) + 8) + "|"]
+        by_method = _group(methods, lambda r: r["method"])
+        summary = {}
+        for name, rs in by_method.items():
+            m, sd = _mean_sd([r["scores"].get(metric) for r in rs])
+            p = rs[0]["parameters"]
+            ex = [_mean_sd([r["scores"].get(k) for r in rs]) for k in extra]
+            t = _mean_sd([r["train_seconds"] for r in rs])[0]
+            mem = _mean_sd([r["peak_memory_mib"] for r in rs])[0]
+            tps = _mean_sd([r["tokens_per_s"] for r in rs])[0]
+            summary[name] = {"mean": m, "sd": sd, "n": len(rs), "trainable": p["trainable"], "stored": p["stored"]}
+            L.append(f"| {name} | **{_fmt(m, sd, len(rs))}** | " + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
+                     + f" | {p['trainable']:,} | {100 * p['trainable'] / p['base']:.3f}% | {p['stored']:,} | {t:.0f} "
+                     f"| {mem:.0f} | {tps:.0f} | {len(rs)} |")
+        data["methods"] = summary
+        L += ["", f"![{metric} vs trainable parameters]({image_prefix}{_plot_params(summary, metric, plots_dir, cfg.name)})",
+              f"![learning curves]({image_prefix}{_plot_curves(by_method, metric, plots_dir, cfg.name)})", ""]
+
+    sweep = [r for r in rows if r["group"] == "sweep"]
+    if sweep:
+        keys = sweep_keys(cfg.sweep["grid"])
+        L += [f"### Sweep around {cfg.sweep['method']}", "",
+              "| " + " | ".join(keys) + f" | {metric} | trainable params | train time (s) |",
+              "|" + "---|" * len(keys) + "---:|---:|---:|"]
+        points = _group(sweep, lambda r: tuple(r["labels"][k] for k in keys))
+        table = []
+        for point, rs in points.items():
+            m, sd = _mean_sd([r["scores"].get(metric) for r in rs])
+            table.append((point, m, sd, len(rs), rs[0]["parameters"]["trainable"], _mean_sd([r["train_seconds"] for r in rs])[0]))
+        best = max((t[1] for t in table if not math.isnan(t[1])), default=float("nan"))
+        for point, m, sd, n, trainable, t in table:
+            cell = _fmt(m, sd, n)
+            L.append("| " + " | ".join(str(v) for v in point) + f" | {'**' + cell + '**' if m == best else cell} "
+                     f"| {trainable:,} | {t:.0f} |")
+        data["sweep"] = [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n} for p, m, sd, n, _, _ in table]
+        L += ["", f"![sweep]({image_prefix}{_plot_sweep(table, keys, metric, plots_dir, cfg.name)})", ""]
+
+    low = [r for r in rows if r["group"] == "low_data"]
+    if low:
+        methods_ld = cfg.low_data["methods"]
+        sizes = cfg.low_data["sizes"]
+        L += ["### Low data: training-set size", "",
+              "Each run trains on a random subset of that many training records (drawn with the run's seed); "
+              f"{metric} mean ± standard deviation over seeds.", "",
+              "| training records | " + " | ".join(methods_ld) + " |", "|---:" + "|---:" * len(methods_ld) + "|"]
+        cells = _group(low, lambda r: (r["method"], r["labels"]["size"]))
+        curve = {}
+        for size in sizes:
+            row = []
+            for m in methods_ld:
+                mean, sd = _mean_sd([r["scores"].get(metric) for r in cells.get((m, size), [])])
+                n = len(cells.get((m, size), []))
+                curve.setdefault(m, []).append((size, mean, sd, n))
+                row.append(_fmt(mean, sd, n) + (f" (n={n})" if n else ""))
+            L.append(f"| {size} | " + " | ".join(row) + " |")
+        data["low_data"] = curve
+        L += ["", f"![low data]({image_prefix}{_plot_low_data(curve, metric, plots_dir, cfg.name)})", ""]
+    return "\n".join(L).rstrip() + "\n", data
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_params(summary: dict[str, Any], metric: str, where: Path, name: str) -> str:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, s in summary.items():
+        ax.errorbar([s["trainable"]], [s["mean"]], yerr=[s["sd"]], fmt="o", capsize=3)
+        ax.annotate(method, (s["trainable"], s["mean"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{name}: {metric} vs trainable parameters")
+    ax.grid(True, alpha=0.3)
+    file = f"{name}-metric-vs-params.png"
+    fig.tight_layout()
+    fig.savefig(where / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+def _smooth(points: list[tuple[int, float]], window: int = 10) -> tuple[list[int], list[float]]:
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    out = [statistics.fmean(ys[max(0, i - window + 1):i + 1]) for i in range(len(ys))]
+    return xs, out
+
+
+def _plot_curves(by_method: dict[str, list[dict[str, Any]]], metric: str, where: Path, name: str) -> str:
+    plt = _figure()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for method, rs in by_method.items():
+        r = rs[0]  # the first seed's run
+        if r["curves"].get("train_loss"):
+            a.plot(*_smooth(r["curves"]["train_loss"]), label=method)
+        if r["curves"].get(f"eval_{metric}"):
+            xs, ys = zip(*r["curves"][f"eval_{metric}"])
+            b.plot(xs, ys, marker="o", label=method)
+    a.set_xlabel("step")
+    a.set_ylabel("training loss (moving average of 10 steps)")
+    b.set_xlabel("step")
+    b.set_ylabel(f"{metric} (evaluation split during training)")
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{name}: learning curves (first seed)")
+    file = f"{name}-learning-curves.png"
+    fig.tight_layout()
+    fig.savefig(where / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, name: str) -> str:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    lines = defaultdict(list)
+    for point, m, sd, _, _, _ in table:
+        lines[point[1:]].append((point[0], m, sd))
+    numeric = all(isinstance(p[0], (int, float)) for p, *_ in table)
+    for rest, pts in lines.items():
+        pts.sort(key=lambda p: p[0] if numeric else str(p[0]))
+        label = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], rest)) or metric
+        ax.errorbar([str(p[0]) if not numeric else p[0] for p in pts], [p[1] for p in pts],
+                    yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
+    if numeric and all(p[0] > 0 for p, *_ in table):
+        ax.set_xscale("log")
+    ax.set_xlabel(keys[0])
+    ax.set_ylabel(metric)
+    ax.set_title(f"{name}: sweep")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    file = f"{name}-sweep.png"
+    fig.tight_layout()
+    fig.savefig(where / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+def _plot_low_data(curve: dict[str, list[tuple]], metric: str, where: Path, name: str) -> str:
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, pts in curve.items():
+        pts = [p for p in pts if not math.isnan(p[1])]
+        if pts:
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                        label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("training records (log scale)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{name}: low-data curve (mean ± sd over seeds)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    file = f"{name}-low-data.png"
+    fig.tight_layout()
+    fig.savefig(where / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
+# ---------------------------------------------------------------------------------------- output
+
+
+def write_report(cfg: CompareConfig, publish: str | Path | None = None, command: str | None = None) -> Path:
+    """Write ``<out>/report.md``, ``report.json`` and the plots; with ``publish``, also replace this
+    comparison's section of that markdown file and copy the plots next to it."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text, data = build_report(cfg, out)
+    header = f"Command: `{command}`\n\n" if command else ""
+    (out / "report.md").write_text(f"# Comparison: {cfg.name}\n\n{header}{text}")
+    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if publish:
+        doc = Path(publish)
+        images = doc.parent / doc.stem
+        images.mkdir(parents=True, exist_ok=True)
+        text, _ = build_report(cfg, images, image_prefix=f"{images.name}/")
+        from ..markdown import replace_section
+
+        replace_section(doc, f"compare-{cfg.name}", header + text, "# Comparison of methods")
+    return out / "report.md"

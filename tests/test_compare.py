@@ -1,0 +1,96 @@
+"""``prefixtune compare`` end to end on a tiny model: all methods, a sweep, a low-data curve,
+report and plots, skipping finished runs, redoing a lost one, refusing a changed configuration."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from prefixtune.cli import main
+from prefixtune.compare import CompareConfig
+from prefixtune.config import ConfigError
+from test_train import e2e_dir, tiny_dir  # noqa: F401  (fixtures)
+
+
+def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
+    return {
+        "name": "tiny", "out": str(out),
+        "base": {"model": str(tiny_dir), "task": "e2e", "data": str(e2e_dir), "steps": 3, "batch_size": 4,
+                 "eval_every": 2, "eval_limit": 2, "save_every": 2, "max_new_tokens": 4, "test_split": "dev",
+                 "test_limit": 3},
+        "seeds": [0],
+        "methods": {
+            "prefix-mlp": {"method": "prefix", "adapter": {"prefix_length": 2, "hidden_size": 8}, "lr": 1e-2},
+            "prefix-direct": {"method": "prefix", "adapter": {"prefix_length": 2, "reparameterization": "direct"}},
+            "prompt": {"method": "prompt", "adapter": {"num_virtual_tokens": 2}},
+            "ptuning-lstm": {"method": "prompt", "adapter": {"num_virtual_tokens": 2, "encoder": "lstm"}},
+            "lora": {"method": "lora", "adapter": {"r": 2}},
+            "full": {"method": "full", "lr": 1e-4},
+        },
+        "sweep": {"method": "prefix-direct", "grid": {"prefix_length": [1, 3], "lr": [1e-2]}},
+        "low_data": {"methods": ["prefix-direct"], "sizes": [8, 16], "seeds": [0, 1]},
+    }
+
+
+def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "cmp"
+    cfg_file = tmp_path / "cmp.yaml"
+    cfg_file.write_text(yaml.safe_dump(comparison(tiny_dir, e2e_dir, out)))
+    doc = tmp_path / "docs" / "comparison.md"
+    assert main(["compare", "--config", str(cfg_file), "--publish", str(doc)]) == 0
+    report = (out / "report.md").read_text()
+    for method in ("prefix-mlp", "prefix-direct", "prompt", "ptuning-lstm", "lora", "full"):
+        assert f"| {method} |" in report
+    assert "Sweep around prefix-direct" in report and "Low data" in report
+    data = json.loads((out / "report.json").read_text())
+    assert len(data["runs"]) == 6 + 2 + 4
+    counts = {k: v["trainable"] for k, v in data["methods"].items()}
+    assert counts["full"] > counts["lora"] > 0 and counts["prefix-mlp"] > counts["prefix-direct"]
+    assert {len(v) for v in data["low_data"].values()} == {2}
+    assert all(n == 2 for _, _, _, n in data["low_data"]["prefix-direct"])  # two seeds per size
+    for plot in ("metric-vs-params", "learning-curves", "sweep", "low-data"):
+        assert (out / f"tiny-{plot}.png").stat().st_size > 1000
+        assert (tmp_path / "docs" / "comparison" / f"tiny-{plot}.png").is_file()
+    assert "<!-- BEGIN compare-tiny" in doc.read_text() and "](comparison/tiny-sweep.png)" in doc.read_text()
+    log = (out / "low_data" / "prefix-direct" / "n8" / "seed1" / "train.log").read_text()
+    assert "8 training examples" in log
+    # a second call trains nothing; a run whose results were lost is redone, and only that one
+    lost = out / "methods" / "prompt" / "seed0"
+    (lost / "result.json").unlink()
+    kept = (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["compare", "--config", str(cfg_file)]) == 0
+    assert "11 of 12 runs already finished" in capsys.readouterr().out
+    assert (lost / "result.json").is_file()
+    assert (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns == kept
+    # the same directory with other options is refused, naming what changed
+    changed = comparison(tiny_dir, e2e_dir, out)
+    changed["base"]["batch_size"] = 2
+    cfg_file.write_text(yaml.safe_dump(changed))
+    assert main(["compare", "--config", str(cfg_file)]) == 2
+    assert "batch_size" in capsys.readouterr().err
+
+
+def test_dry_run_lists_runs(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
+    cfg_file = tmp_path / "cmp.json"
+    cfg_file.write_text(json.dumps(comparison(tiny_dir, e2e_dir, tmp_path / "cmp")))
+    assert main(["compare", "--config", str(cfg_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 runs, 0 finished" in out and "low_data/prefix-direct/n16/seed1" in out
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: c.update(methods={}), "at least one"),
+    (lambda c: c["methods"].update(bad={"adapter": {}}), "give at least 'method'"),
+    (lambda c: c["base"].update(stepz=3), "stepz"),
+    (lambda c: c["sweep"].update(method="nope"), "sweep.method"),
+    (lambda c: c["low_data"].update(methods=["nope"]), "low_data.methods"),
+    (lambda c: c["methods"]["lora"].update(method="lasso"), "method must be one of"),
+])
+def test_bad_comparisons_are_named(tmp_path, change, message):
+    c = comparison("m", "d", tmp_path)
+    change(c)
+    with pytest.raises(ConfigError, match=message):
+        CompareConfig(**c).runs()
