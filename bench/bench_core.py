@@ -28,7 +28,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -38,6 +37,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import maxrss_kib, reset_peak_rss  # noqa: E402
+from common import status_kib as _status_kib  # noqa: E402
 MODEL = "smollm2-135m"
 PREFIX_LENGTH = 10
 HIDDEN = 512
@@ -63,31 +65,9 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def rss_now_kib() -> int:
     """Current resident set size (KiB) from /proc/self/status."""
     return _status_kib("VmRSS")
-
-
-def maxrss_kib() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0), so load-time peaks do not mask the step."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # Contention guard. The machine may run other work; two processes with 2 threads each on 2 cores

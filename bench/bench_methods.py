@@ -42,7 +42,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import random
 import shlex
 import sys
@@ -57,6 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import environment as common_environment  # noqa: E402
 DEFAULT_DATA = Path(os.environ.get("PREFIXTUNE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TITLE = "# Method comparison: accuracy under fixed CPU budgets"
 SEED = 0
@@ -767,26 +768,10 @@ def update_doc(out_dir: Path, key: str, section: str, result: dict[str, Any]) ->
 
 
 def environment() -> dict[str, Any]:
-    import transformers
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import subprocess
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-        commit = commit + (" (src/ modified)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "nproc": os.cpu_count(), "threads": torch.get_num_threads(), "cpu": cpu, "git": commit}
+    env = common_environment(torch.get_num_threads())
+    commit = (env["git_commit"] or "unknown") + (" (src/ modified)" if env["src_dirty"] else "")
+    return {"torch": env["torch"], "transformers": env["transformers"], "python": env["python"],
+            "nproc": env["nproc"], "threads": env["torch_threads"], "cpu": env["cpu"], "git": commit}
 
 
 def main(argv: list[str] | None = None) -> None:

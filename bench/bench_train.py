@@ -2,7 +2,8 @@
 """Training throughput: prefixtune's training loop vs PEFT prefix tuning under the HF Trainer.
 
 Same model (bundled SmolLM2-135M), same data (the first ``--examples`` E2E training records,
-tokenized once by prefixtune: prompt + target + EOS, loss on the target only), same batch size,
+tokenized once by prefixtune: prompt + target + EOS, loss on the target only; by default exactly
+one epoch, so every variant sees the same examples and the same tokens), same batch size,
 optimizer (AdamW, lr 5e-4, no weight decay, linear warm-up 6% then linear decay, grad-norm clip
 1.0), same prefix (length 10, MLP reparameterization of width 512), fp32, 2 torch threads.
 
@@ -21,7 +22,7 @@ there). Results: the ``bench_train`` section of ``docs/results.md`` and ``docs/b
 
 Usage::
 
-    python bench/bench_train.py                 # ~10 min on 2 idle cores
+    python bench/bench_train.py                 # ~11 min on 2 idle cores
     python bench/bench_train.py --steps 3 --reps 1 --examples 200   # smoke run
 """
 
@@ -203,9 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--examples", type=int, default=4000)
+    p.add_argument("--examples", type=int, default=400,
+                   help="training records; the default 400 = steps x batch, so every variant trains on exactly the "
+                        "same examples once (one epoch) and only the batching differs")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.markdown import replace_section  # noqa: F401  (re-exported for the bench scripts)
+from prefixtune.train.memory import reset_peak_rss  # noqa: F401  (re-exported)
+from prefixtune.train.memory import status_kib as _status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,28 +29,11 @@ def median(xs: list[float]) -> float:
 
 def status_kib(field: str) -> int:
     """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), 0 where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _status_kib(field) or 0
 
 
 def maxrss_kib() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS counter (Linux >= 4.0) so load-time peaks do not mask later work."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:

@@ -86,3 +86,44 @@ def test_adapter_for_another_model_is_refused(tiny_dir, e2e_dir, tmp_path):  # n
     pt.wrap(tiny_model("gpt2"), pt.PrefixConfig(prefix_length=2)).save_pretrained(run / "best")
     r = cli("eval", "--run", run, "--split", "dev")
     assert r.returncode == 2 and "another shape" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _shared_data() -> Path:
+    from prefixtune.data.tasks import find_shared_data
+
+    where = find_shared_data(None)
+    if where is None or not (where / "e2e").is_dir():
+        pytest.skip("../shared/data is not here")
+    return where
+
+
+def test_bundled_smollm2_train_eval_generate_params(tmp_path):
+    """Short real run on the bundled SmolLM2 and the shared E2E data, through every subcommand."""
+    _shared_data()
+    run = tmp_path / "run"
+    r = cli("train", "--config", ROOT / "configs" / "e2e-smollm2.yaml", "--steps", 2, "--batch-size", 2,
+            "--eval-every", 0, "--eval-limit", 2, "--test-limit", 2, "--max-new-tokens", 6, "--train-limit", 50,
+            "--out", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "e2e test (2 inputs, best adapter): bleu" in r.stdout
+    result = json.loads((run / "result.json").read_text())
+    assert result["parameters"]["stored"] == 115_200 and result["steps_done"] == 2
+    assert result["train_seconds"] > 0 and result["peak_memory_mib"] > 0
+    r = cli("eval", "--run", run, "--split", "test", "--limit", 2, "--no-loss", "--num-beams", 2)
+    assert r.returncode == 0 and "e2e test (2 inputs" in r.stdout, r.stderr[-3000:]
+    r = cli("generate", "--run", run, "--input", "name[Aromi], food[Thai]\\n", "--max-new-tokens", 5)
+    assert r.returncode == 0 and "name[Aromi]" in r.stdout, r.stderr[-3000:]
+    r = cli("params", "--model", "smollm2-135m", "--prefix-length", 10, "--reparameterization", "direct")
+    assert r.returncode == 0 and r.stdout.startswith("trainable 115,200 "), r.stdout
+
+
+def test_bundled_minilm_ptuning_v2_on_sst2(tmp_path):
+    _shared_data()
+    run = tmp_path / "run"
+    r = cli("train", "--model", "minilm-l6", "--task", "sst2", "--method", "ptuning_v2", "--set", "pooling=mean",
+            "--steps", 3, "--batch-size", 8, "--train-limit", 64, "--eval-every", 0, "--eval-limit", 16,
+            "--max-length", 32, "--out", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "sst2 dev:" in r.stdout and "accuracy" in r.stdout
+    r = cli("eval", "--run", run, "--split", "dev", "--limit", 16)
+    assert r.returncode == 0 and "sst2 dev (16 inputs" in r.stdout, r.stderr[-3000:]

@@ -165,6 +165,16 @@ def _figure():
     return plt
 
 
+def _save(fig: Any, where: Path, file: str) -> str:
+    """Write ``fig`` as ``where/file`` and close it; returns ``file``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(where / file, dpi=110)
+    plt.close(fig)
+    return file
+
+
 def _plot_params(summary: dict[str, Any], metric: str, where: Path, name: str) -> str:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -176,11 +186,7 @@ def _plot_params(summary: dict[str, Any], metric: str, where: Path, name: str) -
     ax.set_ylabel(metric)
     ax.set_title(f"{name}: {metric} vs trainable parameters")
     ax.grid(True, alpha=0.3)
-    file = f"{name}-metric-vs-params.png"
-    fig.tight_layout()
-    fig.savefig(where / file, dpi=110)
-    plt.close(fig)
-    return file
+    return _save(fig, where, f"{name}-metric-vs-params.png")
 
 
 def _smooth(points: list[tuple[int, float]], window: int = 10) -> tuple[list[int], list[float]]:
@@ -208,11 +214,7 @@ def _plot_curves(by_method: dict[str, list[dict[str, Any]]], metric: str, where:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{name}: learning curves (first seed)")
-    file = f"{name}-learning-curves.png"
-    fig.tight_layout()
-    fig.savefig(where / file, dpi=110)
-    plt.close(fig)
-    return file
+    return _save(fig, where, f"{name}-learning-curves.png")
 
 
 def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, name: str) -> str:
@@ -234,11 +236,7 @@ def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, n
     ax.set_title(f"{name}: sweep")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    file = f"{name}-sweep.png"
-    fig.tight_layout()
-    fig.savefig(where / file, dpi=110)
-    plt.close(fig)
-    return file
+    return _save(fig, where, f"{name}-sweep.png")
 
 
 def _plot_low_data(curve: dict[str, list[tuple]], metric: str, where: Path, name: str) -> str:
@@ -255,11 +253,7 @@ def _plot_low_data(curve: dict[str, list[tuple]], metric: str, where: Path, name
     ax.set_title(f"{name}: low-data curve (mean ± sd over seeds)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    file = f"{name}-low-data.png"
-    fig.tight_layout()
-    fig.savefig(where / file, dpi=110)
-    plt.close(fig)
-    return file
+    return _save(fig, where, f"{name}-low-data.png")
 
 
 # ---------------------------------------------------------------------------------------- output

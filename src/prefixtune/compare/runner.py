@@ -66,7 +66,7 @@ def run_one(spec: RunSpec, on_progress: Callable[[str], None] = lambda s: None, 
     d.mkdir(parents=True, exist_ok=True)
     request = d / "request.json"
     request.write_text(json.dumps(spec.config.to_dict(), indent=2))
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_MININTERVAL": "30"}  # the log gets a progress line every 30 s, not every step
     cmd = [sys.executable, "-m", "prefixtune.cli", "train", "--config", str(request)]
     with open(d / "train.log", "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``); None where unavailable."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -14,6 +15,16 @@ def _status_kib(field: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (Linux >= 4.0); False where that is refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class PeakMemory:
@@ -33,15 +44,10 @@ class PeakMemory:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            self.reset = True
-        except OSError:
-            self.reset = False
+        self.reset = reset_peak_rss()
 
     def peak_mib(self) -> float | None:
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**20
-        kib = _status_kib("VmHWM")
+        kib = status_kib("VmHWM")
         return None if kib is None else kib / 1024
