@@ -29,7 +29,7 @@ def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
             "lora": {"method": "lora", "adapter": {"r": 2}},
             "full": {"method": "full", "lr": 1e-4},
         },
-        "sweep": {"method": "prefix-direct", "grid": {"prefix_length": [1, 3], "lr": [1e-2]}},
+        "sweep": {"method": "prefix-direct", "grid": {"prefix_length": [1, 3], "lr": [1e-2], "eval_every": 0}},
         "low_data": {"methods": ["prefix-direct"], "sizes": [8, 16], "seeds": [0, 1]},
     }
 
@@ -54,6 +54,9 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys): 
         assert (out / f"tiny-{plot}.png").stat().st_size > 1000
         assert (tmp_path / "docs" / "comparison" / f"tiny-{plot}.png").is_file()
     assert "<!-- BEGIN compare-tiny" in doc.read_text() and "](comparison/tiny-sweep.png)" in doc.read_text()
+    swept = json.loads((out / "sweep" / "prefix-direct" / "prefix_length=3,lr=0.01" / "seed0" / "config.json").read_text())
+    assert swept["eval_every"] == 0 and swept["adapter"]["prefix_length"] == 3  # a single value is fixed, not swept
+    assert "| prefix_length | lr |" in report and "eval_every |" not in report
     log = (out / "low_data" / "prefix-direct" / "n8" / "seed1" / "train.log").read_text()
     assert "8 training examples" in log
     # a second call trains nothing; a run whose results were lost is redone, and only that one

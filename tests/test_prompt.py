@@ -157,3 +157,30 @@ def test_save_load_and_fold(tmp_path, family, encoder):
     assert loaded.prompt.is_folded == (encoder == "none")
     folded = pt.load(tiny_model(family), tmp_path, folded=True).eval()
     torch.testing.assert_close(folded(**kw).logits, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_classification_head_sees_only_real_tokens(family, tmp_path):
+    """Prompt + head: the head pools the real tokens; a padded row == the row alone; save/load exact."""
+    torch.manual_seed(0)
+    base = tiny_model(family).base_model  # the bare encoder/decoder stack, as classification loads it
+    pooling = "mean" if family == "bert" else "last"
+    pm = pt.wrap(base, pt.PromptConfig(num_virtual_tokens=3, num_labels=3, pooling=pooling, head_dropout=0.0)).eval()
+    assert pm.head is not None and pm.prompt is not None
+    ids = token_ids(family, 2, 6)
+    mask = torch.ones_like(ids)
+    ids[1, 4:], mask[1, 4:] = pad_token(family), 0
+    both = pm(input_ids=ids, attention_mask=mask).logits
+    alone = pm(input_ids=ids[1:, :4], attention_mask=mask[1:, :4]).logits
+    assert both.shape == (2, 3)
+    torch.testing.assert_close(both[1:], alone, atol=1e-5, rtol=1e-4)
+    # oracle: the head applied by hand to the real positions of the base model's output on [prompt; tokens]
+    emb = base.get_input_embeddings()(ids[:1])
+    hidden = base(inputs_embeds=torch.cat([pm.prompt()[None], emb], 1)).last_hidden_state[:, 3:]
+    expected = pm.head.classifier(hidden.mean(1) if pooling == "mean" else hidden[:, -1])
+    torch.testing.assert_close(both[:1], expected, atol=1e-5, rtol=1e-4)
+    pm.save_pretrained(tmp_path / "a")
+    fresh = tiny_model(family).base_model
+    loaded = pt.load(fresh, tmp_path / "a").eval()
+    torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, both, rtol=0, atol=0)
+    assert pm.count_parameters().trainable == 3 * 32 + 32 * 3 + 3

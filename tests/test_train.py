@@ -198,6 +198,7 @@ def sentiment_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,adapter", [("ptuning_v2", {"prefix_length": 2, "pooling": "mean"}),
+                                            ("prompt", {"num_virtual_tokens": 2, "pooling": "mean"}),
                                             ("lora", {"r": 2, "pooling": "mean"}), ("full", {"pooling": "mean"})])
 def test_classification_methods_learn_an_easy_task(tiny_bert_dir, sentiment_dir, tmp_path, method, adapter):
     cfg = TrainConfig(model=str(tiny_bert_dir), task="sst2", data=str(sentiment_dir), method=method, adapter=adapter,

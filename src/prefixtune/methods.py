@@ -1,7 +1,8 @@
 """Which parts each method is made of: a prefix, an input prompt, a task head (any subset).
 
 Methods compose these parts instead of branching on the method in the model: prefix tuning is a
-prefix; prompt tuning and P-tuning are a prompt; P-tuning v2 is a prefix and a head.
+prefix; prompt tuning and P-tuning are a prompt (plus a head for classification when
+``num_labels`` is set); P-tuning v2 is a prefix and a head.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def build_parts(config: MethodConfig, layout: ModelLayout, input_embeddings: Any
             if input_embeddings is None:
                 raise ConfigError(f"prompt init {config.init!r} needs the model's input embeddings")
             parts.prompt.initialize(input_embeddings.detach().float(), tokenizer)
+    if isinstance(config, PromptConfig) and config.num_labels is not None:
+        parts.head = SequenceClassificationHead(layout.d_model, config.num_labels, config.pooling, config.head_dropout)
     if isinstance(config, PTuningV2Config):
         if config.task == "sequence-classification":
             parts.head = SequenceClassificationHead(layout.d_model, config.num_labels, config.pooling,

@@ -36,6 +36,10 @@ class PromptConfig(ConfigIO):
         encoder: ``"none"`` (prompt tuning), ``"mlp"`` or ``"lstm"`` (P-tuning's prompt encoder).
         encoder_hidden_size: hidden width of the prompt encoder.
         dropout: dropout on the prompt vectors during training.
+        num_labels: None (default) for generation/LM use; a number of classes adds a sequence
+            classification head on the last hidden state of the real tokens (the prompt's
+            positions are left out), trained with the prompt.
+        pooling, head_dropout: the head's pooling (``cls``, ``mean``, ``last``) and dropout.
     """
 
     num_virtual_tokens: int = 20
@@ -46,6 +50,9 @@ class PromptConfig(ConfigIO):
     encoder: str = "none"
     encoder_hidden_size: int = 512
     dropout: float = 0.0
+    num_labels: int | None = None
+    pooling: str = "mean"
+    head_dropout: float = 0.1
     method: str = field(default="prompt", init=False)
 
     def __post_init__(self) -> None:
@@ -62,6 +69,12 @@ class PromptConfig(ConfigIO):
             raise ConfigError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_labels is not None and (not isinstance(self.num_labels, int) or self.num_labels < 1):
+            raise ConfigError(f"num_labels must be a positive integer or None, got {self.num_labels!r}")
+        from .heads import POOLINGS
+
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
 
 
 class PromptEmbedding(nn.Module):

@@ -70,7 +70,7 @@ def task_spec(cfg: TrainConfig) -> TaskSpec:
     return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column)
 
 
-CLASSIFICATION_METHODS = ("ptuning_v2", "lora", "full")
+CLASSIFICATION_METHODS = ("ptuning_v2", "prompt", "lora", "full")
 
 
 def method_config(cfg: TrainConfig, kind: str, num_labels: int = 2) -> Any:
