@@ -37,6 +37,7 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
                         curves[f"eval_{k}"].append((r["step"], v))
     seconds = result.get("train_seconds") or float("nan")
     return {"name": spec.name, "group": spec.group, "method": spec.method, "labels": spec.labels, "split": split,
+            "lr": spec.config.lr, "adapter": spec.config.adapter,
             "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
             "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
             "tokens_per_s": (result.get("train_tokens") or 0) / seconds if seconds == seconds and seconds else None,
@@ -79,7 +80,7 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
     base = specs[0].config
     split = rows[0]["split"] if rows else (base.test_split or base.eval_split)
     limit = base.test_limit if base.test_split else base.eval_limit
-    L = [f"## {cfg.name}: {base.task} with {base.model}", ""]
+    L = [f"## {cfg.name} — task {base.task}, model {base.model}", ""]
     L.append(f"{len(rows)} of {len(specs)} runs finished. Scores on the **{split}** split"
              f"{f' (first {limit} inputs)' if limit else ''}; {metric} is the task metric. Every run: "
              f"{base.steps} optimizer steps{f' or {base.max_seconds:g} s' if base.max_seconds else ''}, batch "
@@ -91,9 +92,9 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
 
     methods = [r for r in rows if r["group"] == "methods"]
     if methods:
-        L += [f"| method | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
+        L += [f"| method | lr | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
               "| train time (s) | peak memory (MiB) | tokens/s | seeds |",
-              "|---" + "|---:" * (len(extra) + 8) + "|"]
+              "|---|---:" + "|---:" * (len(extra) + 8) + "|"]
         by_method = _group(methods, lambda r: r["method"])
         summary = {}
         for name, rs in by_method.items():
@@ -104,7 +105,7 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
             mem = _mean_sd([r["peak_memory_mib"] for r in rs])[0]
             tps = _mean_sd([r["tokens_per_s"] for r in rs])[0]
             summary[name] = {"mean": m, "sd": sd, "n": len(rs), "trainable": p["trainable"], "stored": p["stored"]}
-            L.append(f"| {name} | **{_fmt(m, sd, len(rs))}** | " + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
+            L.append(f"| {name} | {rs[0]['lr']:g} | **{_fmt(m, sd, len(rs))}** | " + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
                      + f" | {p['trainable']:,} | {100 * p['trainable'] / p['base']:.3f}% | {p['stored']:,} | {t:.0f} "
                      f"| {mem:.0f} | {tps:.0f} | {len(rs)} |")
         data["methods"] = summary
