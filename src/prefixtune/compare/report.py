@@ -76,7 +76,8 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
     rows = [r for r in (collect(s) for s in specs) if r is not None]
     kind = task_spec(specs[0].config).kind
     metric = _metric(kind)
-    extra = GENERATION_EXTRA if kind == "generation" else CLASSIFICATION_EXTRA
+    extra = [k for k in (GENERATION_EXTRA if kind == "generation" else CLASSIFICATION_EXTRA)
+             if any(k in r["scores"] for r in rows)]  # e.g. METEOR only where WordNet is installed
     base = specs[0].config
     split = rows[0]["split"] if rows else (base.test_split or base.eval_split)
     limit = base.test_limit if base.test_split else base.eval_limit
