@@ -37,7 +37,7 @@ def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
 def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "cmp"
     cfg_file = tmp_path / "cmp.yaml"
-    cfg_file.write_text(yaml.safe_dump(comparison(tiny_dir, e2e_dir, out)))
+    cfg_file.write_text(yaml.safe_dump(comparison(tiny_dir, e2e_dir, out), sort_keys=False))
     doc = tmp_path / "docs" / "comparison.md"
     assert main(["compare", "--config", str(cfg_file), "--publish", str(doc)]) == 0
     report = (out / "report.md").read_text()
@@ -71,7 +71,7 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys): 
     # the same directory with other options is refused, naming what changed
     changed = comparison(tiny_dir, e2e_dir, out)
     changed["base"]["batch_size"] = 2
-    cfg_file.write_text(yaml.safe_dump(changed))
+    cfg_file.write_text(yaml.safe_dump(changed, sort_keys=False))
     assert main(["compare", "--config", str(cfg_file)]) == 2
     assert "batch_size" in capsys.readouterr().err
 
