@@ -30,7 +30,8 @@ def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
             "full": {"method": "full", "lr": 1e-4},
         },
         "sweep": {"method": "prefix-direct", "grid": {"prefix_length": [1, 3], "lr": [1e-2], "eval_every": 0}},
-        "low_data": {"methods": ["prefix-direct"], "sizes": [8, 16], "seeds": [0, 1]},
+        "low_data": {"methods": ["prefix-direct"], "sizes": [8, 16], "seeds": [0, 1],
+                     "method_overrides": {"prefix-direct": {"lr": 0.02}}},
     }
 
 
@@ -57,6 +58,7 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys): 
     swept = json.loads((out / "sweep" / "prefix-direct" / "prefix_length=3,lr=0.01" / "seed0" / "config.json").read_text())
     assert swept["eval_every"] == 0 and swept["adapter"]["prefix_length"] == 3  # a single value is fixed, not swept
     assert "| prefix_length | lr |" in report and "eval_every |" not in report
+    assert json.loads((out / "low_data" / "prefix-direct" / "n8" / "seed1" / "config.json").read_text())["lr"] == 0.02
     log = (out / "low_data" / "prefix-direct" / "n8" / "seed1" / "train.log").read_text()
     assert "8 training examples" in log
     # a second call trains nothing; a run whose results were lost is redone, and only that one
@@ -90,6 +92,7 @@ def test_dry_run_lists_runs(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
     (lambda c: c["base"].update(stepz=3), "stepz"),
     (lambda c: c["sweep"].update(method="nope"), "sweep.method"),
     (lambda c: c["low_data"].update(methods=["nope"]), "low_data.methods"),
+    (lambda c: c["low_data"].update(method_overrides={"lora": {"lr": 1.0}}), "method_overrides"),
     (lambda c: c["methods"]["lora"].update(method="lasso"), "method must be one of"),
 ])
 def test_bad_comparisons_are_named(tmp_path, change, message):

@@ -67,8 +67,9 @@ class CompareConfig:
         methods: method name -> ``{"method": ..., "adapter": {...}, <TrainConfig overrides>}``.
         seeds: seeds of the method runs (mean and spread are reported over them).
         sweep: ``{"method": <name>, "grid": {key: [values]}, "seeds": [...]}`` or None.
-        low_data: ``{"methods": [...], "sizes": [...], "seeds": [...], <TrainConfig overrides>}``
-            or None; each run trains on a random subset of that size (seeded) of the training data.
+        low_data: ``{"methods": [...], "sizes": [...], "seeds": [...], <TrainConfig overrides>,
+            "method_overrides": {<method>: {<TrainConfig overrides>}}}`` or None; each run trains
+            on a random subset of that size (seeded) of the training data.
     """
 
     name: str = "comparison"
@@ -102,6 +103,9 @@ class CompareConfig:
                 raise ConfigError(f"low_data.methods must name methods of the comparison (unknown: {missing})")
             if not self.low_data.get("sizes"):
                 raise ConfigError("low_data.sizes must list training-set sizes")
+            stray = sorted(set(self.low_data.get("method_overrides") or {}) - set(self.low_data["methods"]))
+            if stray:
+                raise ConfigError(f"low_data.method_overrides names methods not in low_data.methods: {stray}")
 
     @classmethod
     def load(cls, path: str | Path) -> "CompareConfig":
@@ -152,11 +156,13 @@ class CompareConfig:
                                        self._train_config(method, name, {**fixed, **point, "seed": seed})))
         if self.low_data:
             shared = {k: v for k, v in self.low_data.items() if k in _TRAIN_FIELDS}
+            per_method = self.low_data.get("method_overrides") or {}
             for method in self.low_data["methods"]:
                 for size in self.low_data["sizes"]:
                     for seed in self.low_data.get("seeds", self.seeds):
                         name = f"low_data/{method}/n{size}/seed{seed}"
-                        over = {**shared, "train_limit": size, "train_sample_seed": seed, "seed": seed}
+                        over = {**shared, **per_method.get(method, {}), "train_limit": size, "train_sample_seed": seed,
+                                "seed": seed}
                         out.append(RunSpec("low_data", name, method, {"size": size, "seed": seed},
                                            self._train_config(method, name, over)))
         return out
