@@ -88,7 +88,7 @@ def worker_prefixtune(spec: dict[str, Any]) -> dict[str, Any]:
         real, padded = real + sum(rows), padded + max(rows) * len(rows)
     return {"seconds": result["train_seconds"], "tokens": result["train_tokens"], "padded_tokens": padded,
             "replayed_real_tokens": real, "rss_start_kib": start["rss_kib"], "peak_reset": start["reset"],
-            "peak_rss_kib": peak, "final_loss": None}
+            "peak_rss_kib": peak}
 
 
 def worker_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:

@@ -93,6 +93,7 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
 
     methods = [r for r in rows if r["group"] == "methods"]
     if methods:
+        extra = [k for k in extra if any(k in r["scores"] for r in methods)]  # columns this table has
         L += [f"| method | lr | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
               "| train time (s) | peak memory (MiB) | tokens/s | seeds |",
               "|---|---:" + "|---:" * (len(extra) + 8) + "|"]
