@@ -29,7 +29,8 @@ def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
             "lora": {"method": "lora", "adapter": {"r": 2}},
             "full": {"method": "full", "lr": 1e-4},
         },
-        "sweep": {"method": "prefix-direct", "grid": {"prefix_length": [1, 3], "lr": [1e-2], "eval_every": 0}},
+        "sweep": [{"method": "prefix-direct", "grid": {"prefix_length": [1, 3], "lr": [1e-2], "eval_every": 0}},
+                  {"name": "mlp-width", "method": "prefix-mlp", "grid": {"hidden_size": [4, 16], "steps": 2}}],
         "low_data": {"methods": ["prefix-direct"], "sizes": [8, 16], "seeds": [0, 1],
                      "method_overrides": {"prefix-direct": {"lr": 0.02}}},
     }
@@ -44,17 +45,23 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys): 
     report = (out / "report.md").read_text()
     for method in ("prefix-mlp", "prefix-direct", "prompt", "ptuning-lstm", "lora", "full"):
         assert f"| {method} |" in report
-    assert "Sweep around prefix-direct" in report and "Low data" in report
+    assert "Sweep: prefix-direct" in report and "Sweep: mlp-width (around prefix-mlp)" in report
+    assert "Each run: 2 optimizer steps of batch 4" in report and "Low data" in report
     data = json.loads((out / "report.json").read_text())
-    assert len(data["runs"]) == 6 + 2 + 4
+    assert len(data["runs"]) == 6 + 4 + 4
+    width = {p["point"]["hidden_size"]: p for p in data["sweeps"]["mlp-width"]}
+    assert set(width) == {4, 16} and all(p["n"] == 1 for p in width.values())
+    trainable = {r["labels"]["hidden_size"]: r["parameters"]["trainable"] for r in data["runs"] if r["part"] == "mlp-width"}
+    assert trainable[16] > trainable[4]  # the swept option reached the adapter
+    assert json.loads((out / "sweep" / "mlp-width" / "hidden_size=4" / "seed0" / "result.json").read_text())["steps_done"] == 2
     counts = {k: v["trainable"] for k, v in data["methods"].items()}
     assert counts["full"] > counts["lora"] > 0 and counts["prefix-mlp"] > counts["prefix-direct"]
     assert {len(v) for v in data["low_data"].values()} == {2}
     assert all(n == 2 for _, _, _, n in data["low_data"]["prefix-direct"])  # two seeds per size
-    for plot in ("metric-vs-params", "learning-curves", "sweep", "low-data"):
+    for plot in ("metric-vs-params", "learning-curves", "sweep-prefix-direct", "sweep-mlp-width", "low-data"):
         assert (out / f"tiny-{plot}.png").stat().st_size > 1000
         assert (tmp_path / "docs" / "comparison" / f"tiny-{plot}.png").is_file()
-    assert "<!-- BEGIN compare-tiny" in doc.read_text() and "](comparison/tiny-sweep.png)" in doc.read_text()
+    assert "<!-- BEGIN compare-tiny" in doc.read_text() and "](comparison/tiny-sweep-mlp-width.png)" in doc.read_text()
     swept = json.loads((out / "sweep" / "prefix-direct" / "prefix_length=3,lr=0.01" / "seed0" / "config.json").read_text())
     assert swept["eval_every"] == 0 and swept["adapter"]["prefix_length"] == 3  # a single value is fixed, not swept
     assert "| prefix_length | lr |" in report and "eval_every |" not in report
@@ -67,7 +74,7 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys): 
     kept = (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["compare", "--config", str(cfg_file)]) == 0
-    assert "11 of 12 runs already finished" in capsys.readouterr().out
+    assert "13 of 14 runs already finished" in capsys.readouterr().out
     assert (lost / "result.json").is_file()
     assert (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns == kept
     # the same directory with other options is refused, naming what changed
@@ -83,14 +90,18 @@ def test_dry_run_lists_runs(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
     cfg_file.write_text(json.dumps(comparison(tiny_dir, e2e_dir, tmp_path / "cmp")))
     assert main(["compare", "--config", str(cfg_file), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "12 runs, 0 finished" in out and "low_data/prefix-direct/n16/seed1" in out
+    assert "14 runs, 0 finished" in out and "sweep/mlp-width/hidden_size=16/seed0" in out and "low_data/prefix-direct/n16/seed1" in out
 
 
 @pytest.mark.parametrize("change,message", [
     (lambda c: c.update(methods={}), "at least one"),
     (lambda c: c["methods"].update(bad={"adapter": {}}), "give at least 'method'"),
     (lambda c: c["base"].update(stepz=3), "stepz"),
-    (lambda c: c["sweep"].update(method="nope"), "sweep.method"),
+    (lambda c: c["sweep"][0].update(method="nope"), r"sweep\[0\]\.method"),
+    (lambda c: c["sweep"][1].update(name="prefix-direct"), "must be unique"),
+    (lambda c: c["sweep"][1].update(gird={}), "unknown keys"),
+    (lambda c: c.update(sweep={"method": "nope", "grid": {"lr": [1]}}), r"sweep\.method"),
+    (lambda c: c.update(sweep="prefix-mlp"), "mapping"),
     (lambda c: c["low_data"].update(methods=["nope"]), "low_data.methods"),
     (lambda c: c["low_data"].update(method_overrides={"lora": {"lr": 1.0}}), "method_overrides"),
     (lambda c: c["methods"]["lora"].update(method="lasso"), "method must be one of"),
@@ -100,3 +111,13 @@ def test_bad_comparisons_are_named(tmp_path, change, message):
     change(c)
     with pytest.raises(ConfigError, match=message):
         CompareConfig(**c).runs()
+
+
+def test_a_single_sweep_mapping_is_named_after_its_method(tmp_path):
+    c = comparison("m", "d", tmp_path)
+    c["sweep"] = {"method": "prefix-mlp", "grid": {"prefix_length": [1, 5], "reparameterization": "direct"}}
+    runs = [r for r in CompareConfig(**c).runs() if r.group == "sweep"]
+    assert [r.name for r in runs] == ["sweep/prefix-mlp/prefix_length=1/seed0", "sweep/prefix-mlp/prefix_length=5/seed0"]
+    assert {r.part for r in runs} == {"prefix-mlp"}
+    assert [r.config.adapter["reparameterization"] for r in runs] == ["direct", "direct"]
+    assert [r.config.adapter["hidden_size"] for r in runs] == [8, 8]  # the rest from the method

@@ -14,7 +14,7 @@ A comparison file (YAML or JSON) looks like::
     methods:                   # name -> method, adapter options, and any TrainConfig override (lr ...)
       prefix-mlp: {method: prefix, adapter: {prefix_length: 10, hidden_size: 512}, lr: 5.0e-4}
       lora: {method: lora, adapter: {r: 8}, lr: 1.0e-3}
-    sweep:                     # optional grid around one of the methods
+    sweep:                     # optional grid around one of the methods (or a list of such grids)
       method: prefix-mlp
       grid: {prefix_length: [1, 5, 10, 20, 40], reparameterization: [mlp, direct]}
     low_data:                  # optional training-size curve
@@ -24,6 +24,11 @@ A comparison file (YAML or JSON) looks like::
 
 Grid keys that are TrainConfig fields (``lr``, ``steps`` ...) override the run; all others are
 adapter options. A grid key with a single value (not a list) is a fixed override, not swept.
+``sweep`` may also be a list of grids, each with a unique ``name`` (default: its method), e.g. one
+grid of length x learning rate per reparameterization, since each needs its own learning-rate range.
+Sweep runs live in ``<out>/sweep/<name>/<point>/seed<seed>``. Top-level keys starting with ``x-``
+are ignored, so they can hold YAML anchors shared by several grids (``x-short: &short {steps: 80}``,
+then ``grid: {<<: *short, lr: [1e-3, 1e-2]}``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class RunSpec:
     method: str  # the method's name in the comparison
     labels: dict[str, Any]
     config: TrainConfig
+    part: str = ""  # the sweep's name (group "sweep" only)
 
 
 @dataclass
@@ -66,7 +72,8 @@ class CompareConfig:
         base: TrainConfig fields shared by every run.
         methods: method name -> ``{"method": ..., "adapter": {...}, <TrainConfig overrides>}``.
         seeds: seeds of the method runs (mean and spread are reported over them).
-        sweep: ``{"method": <name>, "grid": {key: [values]}, "seeds": [...]}`` or None.
+        sweep: ``{"name": ..., "method": <name>, "grid": {key: [values]}, "seeds": [...]}``, a list of
+            such mappings, or None (see :meth:`sweeps`).
         low_data: ``{"methods": [...], "sizes": [...], "seeds": [...], <TrainConfig overrides>,
             "method_overrides": {<method>: {<TrainConfig overrides>}}}`` or None; each run trains
             on a random subset of that size (seeded) of the training data.
@@ -92,11 +99,25 @@ class CompareConfig:
             bad = sorted(set(m) - _TRAIN_FIELDS)
             if bad:
                 raise ConfigError(f"methods.{name}: unknown options {bad}")
-        if self.sweep is not None:
-            if self.sweep.get("method") not in self.methods:
-                raise ConfigError(f"sweep.method must name one of the methods {sorted(self.methods)}")
-            if not isinstance(self.sweep.get("grid"), dict) or not sweep_keys(self.sweep["grid"]):
-                raise ConfigError("sweep.grid must map option names to lists of values (single values are fixed)")
+        if self.sweep is not None and not isinstance(self.sweep, (dict, list)):
+            raise ConfigError("sweep must be a mapping {method, grid} or a list of them")
+        names: set[str] = set()
+        for i, sw in enumerate(self.sweeps()):
+            where = "sweep" if isinstance(self.sweep, dict) else f"sweep[{i}]"
+            if not isinstance(sw, dict):
+                raise ConfigError(f"{where} must be a mapping with 'method' and 'grid'")
+            bad = sorted(set(sw) - {"name", "method", "grid", "seeds"})
+            if bad:
+                raise ConfigError(f"{where}: unknown keys {bad}; known: grid, method, name, seeds")
+            if sw.get("method") not in self.methods:
+                raise ConfigError(f"{where}.method must name one of the methods {sorted(self.methods)}")
+            if not isinstance(sw.get("grid"), dict) or not sweep_keys(sw["grid"]):
+                raise ConfigError(f"{where}.grid must map option names to lists of values (single values are fixed)")
+            name = str(sw.get("name") or sw["method"])
+            if name in names or "/" in name:
+                raise ConfigError(f"{where}.name {name!r} must be unique among the sweeps and contain no '/'; "
+                                  "give each sweep its own 'name'")
+            names.add(name)
         if self.low_data is not None:
             missing = [m for m in self.low_data.get("methods", []) if m not in self.methods]
             if missing or not self.low_data.get("methods"):
@@ -109,7 +130,7 @@ class CompareConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "CompareConfig":
-        data = read_mapping(path)
+        data = {k: v for k, v in read_mapping(path).items() if not str(k).startswith("x-")}  # x-*: YAML anchors
         known = {f.name for f in dataclasses.fields(cls)}
         extra = sorted(set(data) - known)
         if extra:
@@ -118,6 +139,11 @@ class CompareConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """The sweeps as a list of ``{"name", "method", "grid", "seeds"}`` (``name`` defaults to the method)."""
+        raw = [] if self.sweep is None else [self.sweep] if isinstance(self.sweep, dict) else list(self.sweep)
+        return [{**sw, "name": str(sw.get("name") or sw.get("method"))} if isinstance(sw, dict) else sw for sw in raw]
 
     # ------------------------------------------------------------------ expansion
 
@@ -143,17 +169,18 @@ class CompareConfig:
             for seed in self.seeds:
                 name = f"methods/{method}/seed{seed}"
                 out.append(RunSpec("methods", name, method, {"seed": seed}, self._train_config(method, name, {"seed": seed})))
-        if self.sweep:
-            method, grid = self.sweep["method"], self.sweep["grid"]
+        for sw in self.sweeps():
+            method, grid = sw["method"], sw["grid"]
             keys = sweep_keys(grid)
             fixed = {k: v for k, v in grid.items() if k not in keys}
             for values in itertools.product(*(grid[k] for k in keys)):
                 point = dict(zip(keys, values))
-                for seed in self.sweep.get("seeds", [self.seeds[0]]):
+                for seed in sw.get("seeds", [self.seeds[0]]):
                     tag = ",".join(f"{k}={v}" for k, v in point.items())
-                    name = f"sweep/{method}/{tag}/seed{seed}"
+                    name = f"sweep/{sw['name']}/{tag}/seed{seed}"
                     out.append(RunSpec("sweep", name, method, {**point, "seed": seed},
-                                       self._train_config(method, name, {**fixed, **point, "seed": seed})))
+                                       self._train_config(method, name, {**fixed, **point, "seed": seed}),
+                                       part=sw["name"]))
         if self.low_data:
             shared = {k: v for k, v in self.low_data.items() if k in _TRAIN_FIELDS}
             per_method = self.low_data.get("method_overrides") or {}

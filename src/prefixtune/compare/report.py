@@ -36,7 +36,8 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
                     if isinstance(v, (int, float)) and k != "step":
                         curves[f"eval_{k}"].append((r["step"], v))
     seconds = result.get("train_seconds") or float("nan")
-    return {"name": spec.name, "group": spec.group, "method": spec.method, "labels": spec.labels, "split": split,
+    return {"name": spec.name, "group": spec.group, "part": spec.part, "method": spec.method, "labels": spec.labels,
+            "split": split,
             "lr": spec.config.lr, "adapter": spec.config.adapter,
             "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
             "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
@@ -55,6 +56,17 @@ def _fmt(mean: float, sd: float, n: int) -> str:
     if math.isnan(mean):
         return "—"
     return f"{mean:.2f}" if n < 2 else f"{mean:.2f} ± {sd:.2f}"
+
+
+_BUDGET_KEYS = ("steps", "max_seconds", "batch_size", "test_limit", "eval_limit", "eval_every", "save_every")
+
+
+def _budget(c: Any) -> str:
+    """The training budget and scoring of one run's TrainConfig, in words."""
+    steps = f"{c.steps} optimizer steps{f' or {c.max_seconds:g} s' if c.max_seconds else ''} of batch {c.batch_size}"
+    split = c.test_split or c.eval_split
+    limit = c.test_limit if c.test_split else c.eval_limit
+    return f"{steps}, scored on {f'the first {limit}' if limit else 'all'} {split} inputs"
 
 
 def _metric(kind: str) -> str:
@@ -83,11 +95,12 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
     limit = base.test_limit if base.test_split else base.eval_limit
     L = [f"## {cfg.name} — task {base.task}, model {base.model}", ""]
     L.append(f"{len(rows)} of {len(specs)} runs finished. Scores on the **{split}** split"
-             f"{f' (first {limit} inputs)' if limit else ''}; {metric} is the task metric. Every run: "
+             f"{f' (first {limit} inputs)' if limit else ''}; {metric} is the task metric. Every method run: "
              f"{base.steps} optimizer steps{f' or {base.max_seconds:g} s' if base.max_seconds else ''}, batch "
              f"{base.batch_size}, max length {base.max_length}, linear warm-up {base.warmup_ratio:.0%} then decay, "
-             "the same data order for the same seed. Time is the wall clock of the training steps; memory is the "
-             "run's peak resident memory (CPU) or allocator peak (CUDA).")
+             "the same data order for the same seed (sweeps and the low-data curve state their own budget). Time is "
+             "the wall clock of the training steps; memory is the run's peak resident memory (CPU) or allocator "
+             "peak (CUDA).")
     L.append("")
     data: dict[str, Any] = {"metric": metric, "split": split, "runs": rows}
 
@@ -114,10 +127,18 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
         L += ["", f"![{metric} vs trainable parameters]({image_prefix}{_plot_params(summary, metric, plots_dir, cfg.name)})",
               f"![learning curves]({image_prefix}{_plot_curves(by_method, metric, plots_dir, cfg.name)})", ""]
 
-    sweep = [r for r in rows if r["group"] == "sweep"]
-    if sweep:
-        keys = sweep_keys(cfg.sweep["grid"])
-        L += [f"### Sweep around {cfg.sweep['method']}", "",
+    sweeps = [sw for sw in cfg.sweeps() if any(r["group"] == "sweep" and r["part"] == sw["name"] for r in rows)]
+    if sweeps:
+        data["sweeps"] = {}
+    for sw in sweeps:
+        sweep = [r for r in rows if r["group"] == "sweep" and r["part"] == sw["name"]]
+        keys = sweep_keys(sw["grid"])
+        first = next(s for s in specs if s.group == "sweep" and s.part == sw["name"]).config
+        fixed = ", ".join(f"{k} = {v}" for k, v in sw["grid"].items() if k not in keys and k not in _BUDGET_KEYS)
+        title = sw["name"] if sw["name"] == sw["method"] else f"{sw['name']} (around {sw['method']})"
+        L += [f"### Sweep: {title}", "",
+              f"Each run: {_budget(first)}; the other options as in {sw['method']}"
+              f"{f', except {fixed}' if fixed else ''}.", "",
               "| " + " | ".join(keys) + f" | {metric} | trainable params | train time (s) |",
               "|" + "---|" * len(keys) + "---:|---:|---:|"]
         points = _group(sweep, lambda r: tuple(r["labels"][k] for k in keys))
@@ -130,16 +151,19 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
             cell = _fmt(m, sd, n)
             L.append("| " + " | ".join(str(v) for v in point) + f" | {'**' + cell + '**' if m == best else cell} "
                      f"| {trainable:,} | {t:.0f} |")
-        data["sweep"] = [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n} for p, m, sd, n, _, _ in table]
-        L += ["", f"![sweep]({image_prefix}{_plot_sweep(table, keys, metric, plots_dir, cfg.name)})", ""]
+        data["sweeps"][sw["name"]] = [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n}
+                                      for p, m, sd, n, _, _ in table]
+        plot = _plot_sweep(table, keys, metric, plots_dir, f"{cfg.name}-sweep-{sw['name']}", title)
+        L += ["", f"![sweep {title}]({image_prefix}{plot})", ""]
 
     low = [r for r in rows if r["group"] == "low_data"]
     if low:
         methods_ld = cfg.low_data["methods"]
         sizes = cfg.low_data["sizes"]
+        first = next(s for s in specs if s.group == "low_data").config
         L += ["### Low data: training-set size", "",
-              "Each run trains on a random subset of that many training records (drawn with the run's seed); "
-              f"{metric} mean ± standard deviation over seeds.", "",
+              "Each run trains on a random subset of that many training records (drawn with the run's seed), "
+              f"{_budget(first)}; {metric} mean ± standard deviation over seeds.", "",
               "| training records | " + " | ".join(methods_ld) + " |", "|---:" + "|---:" * len(methods_ld) + "|"]
         cells = _group(low, lambda r: (r["method"], r["labels"]["size"]))
         curve = {}
@@ -220,7 +244,7 @@ def _plot_curves(by_method: dict[str, list[dict[str, Any]]], metric: str, where:
     return _save(fig, where, f"{name}-learning-curves.png")
 
 
-def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, name: str) -> str:
+def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, file_stem: str, title: str) -> str:
     plt = _figure()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     lines = defaultdict(list)
@@ -236,10 +260,10 @@ def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, n
         ax.set_xscale("log")
     ax.set_xlabel(keys[0])
     ax.set_ylabel(metric)
-    ax.set_title(f"{name}: sweep")
+    ax.set_title(f"sweep: {title}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, where, f"{name}-sweep.png")
+    return _save(fig, where, f"{file_stem}.png")
 
 
 def _plot_low_data(curve: dict[str, list[tuple]], metric: str, where: Path, name: str) -> str:
