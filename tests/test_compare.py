@@ -11,7 +11,7 @@ import yaml
 from prefixtune.cli import main
 from prefixtune.compare import CompareConfig
 from prefixtune.config import ConfigError
-from test_train import e2e_dir, tiny_dir  # noqa: F401  (fixtures)
+from test_train import e2e_dir, sentiment_dir, tiny_bert_dir, tiny_dir  # noqa: F401  (fixtures)
 
 
 def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
@@ -121,3 +121,26 @@ def test_a_single_sweep_mapping_is_named_after_its_method(tmp_path):
     assert {r.part for r in runs} == {"prefix-mlp"}
     assert [r.config.adapter["reparameterization"] for r in runs] == ["direct", "direct"]
     assert [r.config.adapter["hidden_size"] for r in runs] == [8, 8]  # the rest from the method
+
+
+def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_dir, tmp_path):  # noqa: F811
+    """Encoder methods on an SST-2-style task: accuracy and F1 columns, a wall-clock budget, an lr sweep."""
+    out = tmp_path / "cls"
+    cfg = {"name": "cls", "out": str(out),
+           "base": {"model": str(tiny_bert_dir), "task": "sst2", "data": str(sentiment_dir), "steps": 4,
+                    "max_seconds": 600, "batch_size": 8, "max_length": 16, "eval_every": 0, "eval_limit": None,
+                    "test_split": "dev"},
+           "methods": {"ptuning_v2": {"method": "ptuning_v2", "adapter": {"prefix_length": 2}, "lr": 3e-2},
+                       "ptuning": {"method": "prompt", "adapter": {"num_virtual_tokens": 2, "encoder": "mlp",
+                                                                   "num_labels": 2}, "lr": 3e-2},
+                       "lora": {"method": "lora", "adapter": {"r": 2}, "lr": 3e-2}},
+           "sweep": {"method": "ptuning_v2", "grid": {"lr": [1e-3, 3e-2]}}}
+    (tmp_path / "cls.json").write_text(json.dumps(cfg))
+    assert main(["compare", "--config", str(tmp_path / "cls.json")]) == 0
+    report = (out / "report.md").read_text()
+    assert "accuracy is the task metric" in report and "| method | lr | accuracy | f1 |" in report
+    assert "4 optimizer steps or 600 s" in report and "Sweep: ptuning_v2" in report
+    data = json.loads((out / "report.json").read_text())
+    assert data["metric"] == "accuracy" and set(data["methods"]) == {"ptuning_v2", "ptuning", "lora"}
+    assert all(0 <= r["scores"]["accuracy"] <= 100 and r["split"] == "dev" for r in data["runs"])
+    assert data["methods"]["ptuning"]["stored"] < data["methods"]["ptuning"]["trainable"]  # the encoder is folded
