@@ -216,6 +216,14 @@ def _plot_params(summary: dict[str, Any], metric: str, where: Path, name: str) -
     return _save(fig, where, f"{name}-metric-vs-params.png")
 
 
+def _log_axis_at(ax: Any, values: list[float]) -> None:
+    """A log x axis with a labelled tick at each value that was run (not just at powers of ten)."""
+    ax.set_xscale("log")
+    ticks = sorted(set(values))
+    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+    ax.minorticks_off()
+
+
 def _smooth(points: list[tuple[int, float]], window: int = 10) -> tuple[list[int], list[float]]:
     xs = [p[0] for p in points]
     ys = [p[1] for p in points]
@@ -257,7 +265,7 @@ def _plot_sweep(table: list[tuple], keys: list[str], metric: str, where: Path, f
         ax.errorbar([str(p[0]) if not numeric else p[0] for p in pts], [p[1] for p in pts],
                     yerr=[p[2] for p in pts], marker="o", capsize=3, label=label)
     if numeric and all(p[0] > 0 for p, *_ in table):
-        ax.set_xscale("log")
+        _log_axis_at(ax, [p[0] for p, *_ in table])
     ax.set_xlabel(keys[0])
     ax.set_ylabel(metric)
     ax.set_title(f"sweep: {title}")
@@ -274,7 +282,7 @@ def _plot_low_data(curve: dict[str, list[tuple]], metric: str, where: Path, name
         if pts:
             ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
                         label=method)
-    ax.set_xscale("log")
+    _log_axis_at(ax, [p[0] for pts in curve.values() for p in pts])
     ax.set_xlabel("training records (log scale)")
     ax.set_ylabel(metric)
     ax.set_title(f"{name}: low-data curve (mean ± sd over seeds)")
