@@ -127,11 +127,11 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
         L += ["", f"![{metric} vs trainable parameters]({image_prefix}{_plot_params(summary, metric, plots_dir, cfg.name)})",
               f"![learning curves]({image_prefix}{_plot_curves(by_method, metric, plots_dir, cfg.name)})", ""]
 
-    sweeps = [sw for sw in cfg.sweeps() if any(r["group"] == "sweep" and r["part"] == sw["name"] for r in rows)]
-    if sweeps:
-        data["sweeps"] = {}
-    for sw in sweeps:
-        sweep = [r for r in rows if r["group"] == "sweep" and r["part"] == sw["name"]]
+    by_sweep = _group([r for r in rows if r["group"] == "sweep"], lambda r: r["part"])
+    for sw in cfg.sweeps():
+        sweep = by_sweep.get(sw["name"])
+        if not sweep:
+            continue
         keys = sweep_keys(sw["grid"])
         first = next(s for s in specs if s.group == "sweep" and s.part == sw["name"]).config
         fixed = ", ".join(f"{k} = {v}" for k, v in sw["grid"].items() if k not in keys and k not in _BUDGET_KEYS)
@@ -151,7 +151,7 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
             cell = _fmt(m, sd, n)
             L.append("| " + " | ".join(str(v) for v in point) + f" | {'**' + cell + '**' if m == best else cell} "
                      f"| {trainable:,} | {t:.0f} |")
-        data["sweeps"][sw["name"]] = [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n}
+        data.setdefault("sweeps", {})[sw["name"]] = [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n}
                                       for p, m, sd, n, _, _ in table]
         plot = _plot_sweep(table, keys, metric, plots_dir, f"{cfg.name}-sweep-{sw['name']}", title)
         L += ["", f"![sweep {title}]({image_prefix}{plot})", ""]
