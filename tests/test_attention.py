@@ -166,3 +166,64 @@ def test_decode_step_merge_matches_reference_without_grad(heads, kv_heads):
     want = reference(q, k, v, pk, pv)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(bf16.double(), want, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_prefix_attention_layer_left_padded_row_equals_the_row_alone(kv_heads):
+    """Causality must not hide the padding mask: a left-padded row sees neither its pads nor them it."""
+    torch.manual_seed(0)
+    layer = PrefixAttention(d_model=16, num_heads=4, num_kv_heads=kv_heads).eval()
+    x = rand(2, 6, 16)
+    pad = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
+    pk, pv = rand(1, kv_heads, 3, 4), rand(1, kv_heads, 3, 4)
+    with torch.no_grad():
+        got = layer(x, attention_mask=pad, prefix_key=pk, prefix_value=pv, is_causal=True)
+        alone = layer(x[1:, 3:], prefix_key=pk, prefix_value=pv, is_causal=True)
+        first = layer(x[:1], prefix_key=pk, prefix_value=pv, is_causal=True)
+        bool_mask = pad.bool()[:, None, None, :].expand(2, 1, 6, 6)
+        as_4d = layer(x, attention_mask=bool_mask, prefix_key=pk, prefix_value=pv, is_causal=True)
+    torch.testing.assert_close(got[1, 3:], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[0], first[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(as_4d[1, 3:], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (4, 2)])
+def test_decode_merge_is_exact_for_large_logits(heads, kv_heads):
+    """The log-sum-exp merge must subtract the running maximum: with queries x200 the softmax is
+    nearly one-hot and any other shift over- or underflows."""
+    q = rand(2, heads, 1, 8) * 200
+    k, v = rand(2, kv_heads, 7, 8), rand(2, kv_heads, 7, 8)
+    pk, pv = rand(1, kv_heads, 4, 8), rand(1, kv_heads, 4, 8)
+    pk[..., 0, :] *= 3  # one prefix slot dominates some heads, a cached key others
+    with torch.no_grad():
+        merged, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+    # the same inputs with gradients on take the concatenating path (no merge)
+    q_grad = q.clone().requires_grad_(True)
+    joint, _ = prefix_attention(q_grad, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+    want = reference(q, k, v, pk, pv)
+    assert torch.isfinite(merged).all()
+    torch.testing.assert_close(merged.double(), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged, joint.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 2), (6, 3), (4, 4)])
+def test_gated_prefix_is_real_attention_plus_tanh_gate_times_prefix_attention(heads, kv_heads):
+    """``out = attn(real keys) + tanh(gate[g]) * attn(prefix)``, where query head ``h`` reads
+    key/value head ``g = h // (heads / kv_heads)`` and its gate (GQA order, not tiled)."""
+    b, n, p, d = 2, 5, 3, 8
+    q, k, v = rand(b, heads, n, d), rand(b, kv_heads, n, d), rand(b, kv_heads, n, d)
+    pk, pv = rand(1, kv_heads, p, d), rand(2, kv_heads, p, d)  # keys shared, values per row
+    gate = torch.linspace(-1.5, 2.0, kv_heads)
+    pad = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    allowed = pad[:, None, :].expand(b, n, n) & torch.ones(n, n, dtype=torch.bool).tril()
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_gate=gate,
+                              attention_mask=allowed[:, None])
+    real = reference(q, k, v, allowed=allowed)
+    prefix_only = reference(q, pk.expand(b, -1, -1, -1), pv)
+    per_head = torch.tanh(gate.double()).repeat_interleave(heads // kv_heads)[None, :, None, None]
+    want = real + per_head * prefix_only
+    torch.testing.assert_close(got[0].double(), want[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1][:, 2:].double(), want[1][:, 2:], atol=1e-5, rtol=1e-5)
+    causal, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_gate=gate, is_causal=True)
+    want_causal = reference(q, k, v, allowed=torch.ones(n, n, dtype=torch.bool).tril()[None].expand(b, -1, -1))
+    torch.testing.assert_close(causal.double(), want_causal + per_head * prefix_only, atol=1e-5, rtol=1e-5)

@@ -81,13 +81,34 @@ def test_labels_never_cover_virtual_tokens(family):
     torch.testing.assert_close(out.loss, want, atol=1e-5, rtol=1e-5)
 
 
-def test_token_type_ids_are_extended_for_bert():
-    pm = make("bert")
-    ids = token_ids("bert", 2, 6)
-    tt = torch.tensor([[0, 0, 0, 1, 1, 1]] * 2)
-    out = pm(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=tt).logits
-    assert out.shape == (2, 6, 96)
-    assert not torch.equal(out, pm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_token_type_ids_move_with_their_tokens(family):
+    """Oracle: the bare model on ``[prompt; embeddings]`` with token types ``[0]*l + tt``
+    (a right-padded row included: its pads keep type 0 and stay masked)."""
+    pm = make(family)
+    if family == "roberta":
+        pm.base_model.roberta.embeddings.token_type_embeddings = torch.nn.Embedding(2, 32)
+        pm.base_model.config.type_vocab_size = 2
+    ids = token_ids(family, 2, 6)
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    tt = torch.tensor([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 0, 0]])
+    got = pm(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
+    untyped = pm(input_ids=ids, attention_mask=mask).logits
+    assert (got[0] - untyped[0]).abs().max() > 1e-4, "the token types must matter in this test"
+    # a left-padded row (the prompt goes after its pads) equals the row alone
+    left_ids = torch.cat([torch.full((1, 2), pad_token(family)), ids[:1, :4]], 1)
+    left = pm(input_ids=left_ids, attention_mask=torch.tensor([[0, 0, 1, 1, 1, 1]]),
+              token_type_ids=torch.tensor([[0, 0, 0, 1, 1, 1]])).logits
+    alone = pm(input_ids=ids[:1, :4], token_type_ids=torch.tensor([[0, 1, 1, 1]])).logits
+    torch.testing.assert_close(left[0, 2:], alone[0], atol=2e-5, rtol=1e-4)
+    with torch.no_grad():
+        prompt = pm.prompt()
+    base = pm.unwrap()
+    ref = base(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), base.get_input_embeddings()(ids)], 1),
+               attention_mask=torch.cat([torch.ones(2, L, dtype=torch.long), mask], 1),
+               token_type_ids=torch.cat([torch.zeros(2, L, dtype=torch.long), tt], 1)).logits[:, L:]
+    torch.testing.assert_close(got[0], ref[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1, :4], ref[1, :4], atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "t5", "bart"])
@@ -184,3 +205,41 @@ def test_classification_head_sees_only_real_tokens(family, tmp_path):
     loaded = pt.load(fresh, tmp_path / "a").eval()
     torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask).logits, both, rtol=0, atol=0)
     assert pm.count_parameters().trainable == 3 * 32 + 32 * 3 + 3
+
+
+def _linear(layer, x):
+    return x @ layer.weight.double().T + layer.bias.double()
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_prompt_encoders_follow_their_formulas(encoder):
+    """P-tuning's encoders: MLP ``L3·relu(L2·relu(L1·e))``; LSTM ``L2·relu(L1·biLSTM(e))``
+    (torch's LSTM is the reference for the recurrent part)."""
+    from prefixtune.prompt import PromptEmbedding
+
+    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6), 5).eval()
+    with torch.no_grad():
+        got = emb().double()
+        x = emb.embedding.double()
+        if encoder == "lstm":
+            x = emb.lstm(emb.embedding[None])[0][0].double()
+            assert x.shape == (4, 6)  # two directions of hidden/2
+            want = _linear(emb.mlp[2], torch.relu(_linear(emb.mlp[0], x)))
+        else:
+            h = torch.relu(_linear(emb.mlp[0], x))
+            want = _linear(emb.mlp[4], torch.relu(_linear(emb.mlp[2], h)))
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert (torch.relu(_linear(emb.mlp[0], x)) == 0).any(), "the test must exercise the ReLU"
+
+
+@pytest.mark.parametrize("encoder", ["none", "lstm"])
+def test_prompt_fold_in_training_mode_drops_dropout(encoder):
+    from prefixtune.prompt import PromptEmbedding
+
+    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6,
+                                          dropout=0.5), 5)
+    with torch.no_grad():
+        want = emb.eval()()
+    folded = emb.train().folded()
+    assert emb.training and folded.is_folded
+    torch.testing.assert_close(folded.eval()(), want, atol=0, rtol=0)

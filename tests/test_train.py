@@ -82,9 +82,11 @@ def test_training_run_writes_everything(tiny_dir, e2e_dir, tmp_path):
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp_path):
-    whole = config(tiny_dir, e2e_dir, tmp_path / "whole", eval_every=0)
+    # prefix dropout: the resumed steps only match if the RNG state is restored too
+    adapter = {"prefix_length": 4, "hidden_size": 16, "dropout": 0.2}
+    whole = config(tiny_dir, e2e_dir, tmp_path / "whole", eval_every=0, adapter=adapter)
     train(whole, log=lambda m: None)
-    parts = config(tiny_dir, e2e_dir, tmp_path / "parts", eval_every=0)
+    parts = config(tiny_dir, e2e_dir, tmp_path / "parts", eval_every=0, adapter=adapter)
     assert train(parts, log=lambda m: None, stop_after=3) == {"stopped_at": 3}  # killed after step 3
     # the newest checkpoint (step 2) is used; break a later, half-written one to check it is skipped
     broken = tmp_path / "parts" / "checkpoints" / "step-000005"
@@ -102,16 +104,99 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_prompt_method_and_gradient_accumulation(tiny_dir, e2e_dir, tmp_path):
-    one = config(tiny_dir, e2e_dir, tmp_path / "one", method="prompt", adapter={"num_virtual_tokens": 3},
-                 eval_every=0, steps=3)
-    two = config(tiny_dir, e2e_dir, tmp_path / "two", method="prompt", adapter={"num_virtual_tokens": 3},
-                 eval_every=0, steps=3, grad_accum=2)
-    train(one, log=lambda m: None)
-    train(two, log=lambda m: None)
-    a, b = adapter_state(tmp_path / "one", tiny_dir), adapter_state(tmp_path / "two", tiny_dir)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+class RecordingAdamW(torch.optim.AdamW):
+    """AdamW that records the initial parameters and, at every step, the learning rate and gradients."""
+
+    runs: list["RecordingAdamW"] = []
+
+    def __init__(self, params, **kw):
+        params = list(params)
+        super().__init__(params, **kw)
+        self.initial = [p.detach().clone() for p in params]
+        self.lrs: list[float] = []
+        self.grads: list[list[torch.Tensor]] = []
+        RecordingAdamW.runs.append(self)
+
+    def step(self, closure=None):
+        self.lrs.append(self.param_groups[0]["lr"])
+        self.grads.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+@pytest.fixture
+def recording(monkeypatch):
+    RecordingAdamW.runs = []
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    return RecordingAdamW.runs
+
+
+def first_batch_oracle(cfg: TrainConfig, initial: list[torch.Tensor]):
+    """Independently of the loop: the mean target-token cross-entropy of the first step's batch
+    (every position's logits, shifted by hand) and its gradient, from the recorded initial parameters."""
+    import prefixtune as pt
+    from prefixtune.data.batching import collate, encode, length_grouped_batches
+    from prefixtune.data.tasks import load_task
+    from prefixtune.train.loop import method_config, task_spec
+
+    tok = T.AutoTokenizer.from_pretrained(cfg.model)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    spec = task_spec(cfg)
+    examples = load_task(spec, "train", data=cfg.data).examples
+    encoded, _ = encode(tok, examples, cfg.max_length, "generation")
+    index = length_grouped_batches([len(e.input_ids) for e in encoded], cfg.batch_size, cfg.seed, 0)[0]
+    batch = collate([encoded[i] for i in index], tok.pad_token_id)
+    pm = pt.wrap(T.AutoModelForCausalLM.from_pretrained(cfg.model), method_config(cfg, "generation"))
+    with torch.no_grad():
+        for p, value in zip(pm.trainable_parameters(), initial, strict=True):
+            p.copy_(value)
+    pm.train()
+    logits = pm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double()
+    logp = torch.log_softmax(logits, -1)
+    terms = []
+    for row in range(logits.shape[0]):
+        for j in range(logits.shape[1] - 1):
+            target = int(batch["labels"][row, j + 1])
+            if target != -100:
+                terms.append(-logp[row, j, target])
+    loss = torch.stack(terms).mean()
+    loss.backward()
+    return float(loss.detach()), [p.grad.clone() for p in pm.trainable_parameters()]
+
+
+@pytest.mark.parametrize("method,adapter", [("prefix", {"prefix_length": 4, "hidden_size": 16}),
+                                            ("prompt", {"num_virtual_tokens": 3})])
+def test_logged_loss_and_gradients_equal_an_independent_computation(tiny_dir, e2e_dir, tmp_path, recording,
+                                                                    method, adapter):
+    """Step 1's logged loss is the mean target-token cross-entropy of its batch, and the gradient the
+    optimizer sees is that loss's gradient, with and without gradient accumulation (no clipping)."""
+    runs = {}
+    for accum in (1, 2):
+        cfg = config(tiny_dir, e2e_dir, tmp_path / f"accum{accum}", method=method, adapter=adapter, eval_every=0,
+                     steps=2, grad_accum=accum, max_grad_norm=0.0)
+        train(cfg, log=lambda m: None)
+        rows = [json.loads(line) for line in (tmp_path / f"accum{accum}" / "metrics.jsonl").read_text().splitlines()]
+        runs[accum] = (recording[-1], [r["train_loss"] for r in rows if "train_loss" in r])
+    want_loss, want_grads = first_batch_oracle(cfg, runs[1][0].initial)
+    for accum, (opt, losses) in runs.items():
+        assert losses[0] == pytest.approx(want_loss, rel=1e-5), accum
+        assert len(opt.grads) == 2
+        for got, want in zip(opt.grads[0], want_grads, strict=True):
+            assert want.abs().max() > 0
+            torch.testing.assert_close(got.double(), want.double(), atol=1e-7, rtol=1e-4)
+    for a, b in zip(runs[1][0].grads[1], runs[2][0].grads[1], strict=True):  # and so on, step after step
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4)
+
+
+def test_warmup_and_decay_and_the_logged_rate_is_the_rate_used(tiny_dir, e2e_dir, tmp_path, recording):
+    """Linear warmup over ``round(0.3 * 10) = 3`` steps, then linear decay; step ``k`` (0-based) runs at
+    ``lr * min((k + 1) / 3, (10 - k) / 7)``: never 0, the peak at step 3; ``lr`` in metrics.jsonl is that rate."""
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", eval_every=0, steps=10, warmup_ratio=0.3, lr=1e-2,
+                 save_every=100)
+    train(cfg, log=lambda m: None)
+    want = [1e-2 * min((k + 1) / 3, (10 - k) / 7) for k in range(10)]
+    assert recording[-1].lrs == pytest.approx(want, rel=1e-12)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if "train_loss" in r] == pytest.approx(want, rel=1e-12)
 
 
 def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):

@@ -233,13 +233,14 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
             tokens += int(batch["attention_mask"].sum())
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(pm.trainable_parameters(), cfg.max_grad_norm)
+        lr_used = optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
         optimizer.step()
         scheduler.step()
         loss_value = loss_total * world / global_count  # this process's share, scaled (exact with 1 process)
         rate = tokens * world / (time.perf_counter() - t0)
         progress["train_tokens"] = progress.get("train_tokens", 0) + tokens * world
         bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:.0f}")
-        write_metrics({"step": step + 1, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
+        write_metrics({"step": step + 1, "train_loss": loss_value, "lr": lr_used, "tokens_per_s": rate})
         # wall time of training steps (data, forward, backward, update; not evaluation or checkpoints)
         progress["train_seconds"] = progress.get("train_seconds", 0.0) + time.perf_counter() - step_start
         current = step + 1

@@ -1,0 +1,40 @@
+"""Evaluation scores: every reference of a multi-reference input counts; the limit takes the first inputs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from prefixtune.data.tasks import Example, Task, TaskSpec
+from prefixtune.train import evaluate as ev
+
+
+NO_TOKENIZER = SimpleNamespace(eos_token_id=0, pad_token_id=0)  # generation is stubbed out
+
+
+def multi_reference_task() -> Task:
+    refs = {"name[A]\n": ["A is a pub.", "There is a pub called A."],
+            "name[B]\n": ["B serves food.", "Food is served at B.", "B is a restaurant."]}
+    examples = [Example(i, target=r) for i, rs in refs.items() for r in rs]
+    return Task(TaskSpec("toy", "generation", template="{mr}\n", target_column="ref"), "test", examples, refs)
+
+
+@pytest.mark.parametrize("which", [0, 1, -1])
+def test_generation_scores_use_every_reference(monkeypatch, which):
+    """A model that always says one input's k-th reference scores 100 BLEU, whichever k."""
+    task = multi_reference_task()
+    monkeypatch.setattr(ev, "generate_texts", lambda model, tok, inputs, *a, **k: [task.references[i][which] for i in inputs])
+    scores, records = ev.evaluate(torch.nn.Linear(1, 1), NO_TOKENIZER, task, max_length=32, with_loss=False)
+    assert scores["bleu"] == pytest.approx(100.0)
+    assert [r["references"] for r in records] == list(task.references.values())
+    assert [r["prediction"] for r in records] == [rs[which] for rs in task.references.values()]
+
+
+def test_limit_takes_the_first_inputs(monkeypatch):
+    task = multi_reference_task()
+    seen = []
+    monkeypatch.setattr(ev, "generate_texts", lambda model, tok, inputs, *a, **k: seen.extend(inputs) or ["x"] * len(inputs))
+    _, records = ev.evaluate(torch.nn.Linear(1, 1), NO_TOKENIZER, task, max_length=32, limit=1, with_loss=False)
+    assert seen == ["name[A]\n"] and len(records) == 1
