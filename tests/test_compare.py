@@ -142,5 +142,13 @@ def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_d
     assert "4 optimizer steps or 600 s" in report and "Sweep: ptuning_v2" in report
     data = json.loads((out / "report.json").read_text())
     assert data["metric"] == "accuracy" and set(data["methods"]) == {"ptuning_v2", "ptuning", "lora"}
-    assert all(0 <= r["scores"]["accuracy"] <= 100 and r["split"] == "dev" for r in data["runs"])
+    assert all(r["split"] == "dev" for r in data["runs"])
+    # each reported score is the one its run's predictions give (recomputed here from the records)
+    for r in data["runs"]:
+        records = [json.loads(line) for line in (out / r["name"] / "predictions-dev.jsonl").read_text().splitlines()]
+        assert len(records) == 16
+        right = sum(rec["prediction"] == rec["label"] for rec in records)
+        assert r["scores"]["accuracy"] == pytest.approx(100 * right / len(records)), r["name"]
+    table_line = next(line for line in report.splitlines() if line.startswith("| ptuning_v2 |"))
+    assert f"{data['methods']['ptuning_v2']['mean']:.2f}" in table_line
     assert data["methods"]["ptuning"]["stored"] < data["methods"]["ptuning"]["trainable"]  # the encoder is folded

@@ -70,13 +70,24 @@ def test_left_padded_batch_generates_like_each_row_alone(family):
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
 def test_sampling_uses_the_prefix(family):
+    """Sampling draws from the prefixed model's distribution: with the same seed, ``generate`` picks the
+    tokens a hand-written loop picks (full forward each step, softmax, one multinomial draw per step)."""
     pm = make(family)
     ids, mask = token_ids(family, 4, 5), torch.ones(4, 5, dtype=torch.long)
     torch.manual_seed(3)
-    sampled = gen(pm, ids, mask, do_sample=True, top_k=0, max_new_tokens=8)
+    sampled = gen(pm, ids, mask, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=8)
     torch.manual_seed(3)
-    again = gen(pm, ids, mask, do_sample=True, top_k=0, max_new_tokens=8)
-    assert torch.equal(sampled, again)
+    if family in SEQ2SEQ:
+        out = torch.full((4, 1), pm.base_model.generation_config.decoder_start_token_id)
+        for _ in range(8):
+            logits = pm(input_ids=ids, attention_mask=mask, decoder_input_ids=out).logits[:, -1]
+            out = torch.cat([out, torch.multinomial(torch.softmax(logits, -1), 1)], 1)
+    else:
+        out = ids
+        for _ in range(8):
+            logits = pm(input_ids=out, attention_mask=torch.ones_like(out)).logits[:, -1]
+            out = torch.cat([out, torch.multinomial(torch.softmax(logits, -1), 1)], 1)
+    assert torch.equal(sampled, out)
     # Sampling with a near-zero temperature is greedy decoding with the prefix.
     cold = gen(pm, ids, mask, do_sample=True, temperature=1e-4, top_k=0, max_new_tokens=8)
     assert torch.equal(cold, gen(pm, ids, mask, max_new_tokens=8))

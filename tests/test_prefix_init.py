@@ -31,13 +31,33 @@ def test_direct_prefix_starts_as_the_models_own_kv(family):
         torch.testing.assert_close(kv[layer, 1][:, -n:], values, atol=1e-5, rtol=1e-5)
 
 
+def _heads(x, heads):
+    """``(1, n, H*d) -> (H, n, d)``."""
+    return x[0].view(x.shape[1], heads, -1).transpose(0, 1)
+
+
 def test_seq2seq_gets_all_three_locations_from_activations():
-    pm = pt.wrap(tiny_model("bart"), pt.PrefixConfig(prefix_length=4, reparameterization="direct", init="vocab"))
-    for loc in ("encoder_self", "decoder_self", "cross"):
-        kv = pm.prefix.encoders[loc].kv
-        assert kv.abs().sum() > 0 and torch.isfinite(kv).all()
-    # cross-attention K/V come from the encoder output, so they differ from the encoder's own K/V
-    assert not torch.allclose(pm.prefix.encoders["cross"].kv, pm.prefix.encoders["encoder_self"].kv)
+    """Oracle from BART's own projections: encoder self-attention K/V are ``k_proj``/``v_proj`` of each
+    encoder layer's input, decoder self-attention those of each decoder layer's input (the init ids as
+    decoder input), cross-attention those of the encoder's final output."""
+    init_ids = [5, 9, 17]
+    fake_tokenizer = lambda text, add_special_tokens=False: {"input_ids": init_ids}  # noqa: E731
+    pm = pt.wrap(tiny_model("bart"), pt.PrefixConfig(prefix_length=4, reparameterization="direct", init="text",
+                                                     init_text="anything"), tokenizer=fake_tokenizer)
+    ids = torch.tensor([init_ids + init_ids[:1]])  # repeated and cut to l = 4
+    base = pm.base_model
+    with pm.injection.active(None), torch.no_grad():
+        out = base(input_ids=ids, decoder_input_ids=ids, output_hidden_states=True)
+        heads = base.config.encoder_attention_heads
+        for loc, layers, states in (("encoder_self", base.model.encoder.layers, out.encoder_hidden_states),
+                                    ("decoder_self", base.model.decoder.layers, out.decoder_hidden_states),
+                                    ("cross", base.model.decoder.layers, None)):
+            kv = pm.prefix.encoders[loc].kv
+            for i, layer in enumerate(layers):
+                attn = layer.encoder_attn if loc == "cross" else layer.self_attn
+                source = out.encoder_last_hidden_state if loc == "cross" else states[i]
+                torch.testing.assert_close(kv[i, 0], _heads(attn.k_proj(source), heads), atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(kv[i, 1], _heads(attn.v_proj(source), heads), atol=1e-5, rtol=1e-5)
 
 
 def test_mlp_is_fitted_to_the_activations():

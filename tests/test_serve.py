@@ -49,6 +49,15 @@ def adapters(tokenizer, tmp_path_factory):
     return out
 
 
+def expected_text(tokenizer, adapter, prompt, max_tokens):
+    """The oracle for a greedy completion: the adapter loaded on its own and ``generate``d directly."""
+    pm = pt.load(tiny_llama(tokenizer), adapter).eval()
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
 class LiveServer(ServerThread):
     def client(self, key=KEY):
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
@@ -159,7 +168,8 @@ def test_admin_load_unload(tokenizer, adapters, tmp_path):
         r = httpx.post(f"{base}/admin/adapters", json={"name": "soft", "path": str(adapters["soft"])}, headers=admin)
         assert r.status_code == 200, r.text
         assert "soft" in [m.id for m in client.models.list().data]
-        assert client.completions.create(model="soft", prompt="x", max_tokens=3, temperature=0).choices
+        got = client.completions.create(model="soft", prompt="x", max_tokens=3, temperature=0).choices[0].text
+        assert got == expected_text(tokenizer, adapters["soft"], "x", 3)
         r = httpx.post(f"{base}/admin/adapters", json={"name": "bad", "path": str(tmp_path)}, headers=admin)
         assert r.status_code == 400 and "prefixtune_config.json" in r.json()["error"]["message"]
         assert httpx.delete(f"{base}/admin/adapters/soft", headers=admin).status_code == 200
@@ -216,7 +226,8 @@ def test_serve_command_runs_and_stops_on_sigterm(tokenizer, adapters, tmp_path):
             time.sleep(0.3)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
         assert [m.id for m in client.models.list().data] == [str(model_dir), "table"]
-        assert client.completions.create(model="table", prompt="hi", max_tokens=3, temperature=0).choices
+        got = client.completions.create(model="table", prompt="hi", max_tokens=3, temperature=0).choices[0].text
+        assert got == expected_text(tokenizer, adapters["table"], "hi", 3)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)

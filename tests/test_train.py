@@ -79,6 +79,28 @@ def test_training_run_writes_everything(tiny_dir, e2e_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000004", "step-000006"]
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     assert train_losses[-1] < train_losses[0]
+    # the values, not just the files: the final scores are the last evaluation's, the best is the best one
+    evals = {r["step"]: {k: v for k, v in r.items() if k not in ("step", "split")} for r in rows if "split" in r}
+    assert result["scores"] == evals[6] and result["steps_done"] == 6
+    best_step = max(evals, key=lambda s: (evals[s]["bleu"], s))
+    assert result["best"] == evals[best_step]["bleu"] and result["best_step"] == best_step
+    # best/ holds the adapter that scored it, adapter/ the final one: re-scored from disk they agree
+    import prefixtune as pt
+    from prefixtune.data.tasks import load_task
+    from prefixtune.train.evaluate import evaluate
+    from prefixtune.train.loop import task_spec
+
+    cfg = config(tiny_dir, e2e_dir, run)
+    tok = T.AutoTokenizer.from_pretrained(tiny_dir)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    dev = load_task(task_spec(cfg), "dev", data=cfg.data)
+    for name, want in (("best", evals[best_step]), ("adapter", evals[6])):
+        pm = pt.load(T.AutoModelForCausalLM.from_pretrained(tiny_dir), run / name)
+        scores, _ = evaluate(pm, tok, dev, cfg.max_length, cfg.eval_limit, max_new_tokens=cfg.max_new_tokens)
+        assert scores == pytest.approx(want, rel=1e-6), name
+    fresh = pt.wrap(T.AutoModelForCausalLM.from_pretrained(tiny_dir), pt.PrefixConfig(prefix_length=4, hidden_size=16))
+    assert result["parameters"]["trainable"] == fresh.count_parameters().trainable
+    assert result["parameters"]["stored"] == fresh.count_parameters().stored
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp_path):

@@ -93,13 +93,23 @@ def test_bf16_autocast_trains(family):
 
 
 def test_bf16_base_model_with_fp32_prefix():
-    model = tiny_model("llama").to(torch.bfloat16)
-    pm = pt.wrap(model, pt.PrefixConfig(prefix_length=3, hidden_size=16))
+    """A bf16 base with an fp32 prefix: the prefix and its gradients stay fp32, and loss and gradients
+    agree with the same prefix on the fp32 base (to bf16 precision)."""
+    cfg = pt.PrefixConfig(prefix_length=3, hidden_size=16, init_std=0.5)
+    pm32 = pt.wrap(tiny_model("llama"), cfg)
+    pm16 = pt.wrap(tiny_model("llama").to(torch.bfloat16), cfg)
+    pm16.prefix.load_state_dict(pm32.prefix.state_dict())
     kw = batch("llama")
-    out = pm(**kw)
-    out.loss.backward()
-    assert pm.prefix.encoders["decoder_self"].embedding.dtype == torch.float32
-    assert torch.isfinite(out.loss)
+    out32, out16 = pm32(**kw), pm16(**kw)
+    out32.loss.backward()
+    out16.loss.backward()
+    assert out16.logits.dtype == torch.bfloat16
+    assert out16.loss.item() == pytest.approx(out32.loss.item(), rel=2e-2)
+    for (name, a), b in zip(pm32.prefix.named_parameters(), pm16.prefix.parameters(), strict=True):
+        assert b.dtype == torch.float32 and b.grad.dtype == torch.float32, name
+        assert torch.isfinite(b.grad).all() and a.grad.abs().sum() > 0, name
+        cosine = torch.nn.functional.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0)
+        assert cosine > 0.98, (name, float(cosine))
 
 
 def test_mlp_runs_once_per_forward_regardless_of_batch():
