@@ -5,7 +5,8 @@ import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# scripts/mutate.py runs two single-threaded workers side by side
+torch.set_num_threads(int(os.environ.get("PREFIXTUNE_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(autouse=True)

@@ -227,3 +227,101 @@ def test_gated_prefix_is_real_attention_plus_tanh_gate_times_prefix_attention(he
     causal, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_gate=gate, is_causal=True)
     want_causal = reference(q, k, v, allowed=torch.ones(n, n, dtype=torch.bool).tril()[None].expand(b, -1, -1))
     torch.testing.assert_close(causal.double(), want_causal + per_head * prefix_only, atol=1e-5, rtol=1e-5)
+
+
+def test_additive_float_mask_with_per_row_prefix_mask():
+    """An additive float mask (0 / large negative) over the real keys gets prefix columns of 0 or the
+    dtype's minimum, per row; equal to the boolean-mask reference."""
+    b, h, n, p, d = 2, 2, 4, 3, 8
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    pk, pv = rand(b, h, p, d), rand(b, h, p, d)
+    allowed = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]], dtype=torch.bool)[:, None, :].expand(b, n, n)
+    additive = torch.zeros(b, 1, n, n).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+    prefix_mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_mask=prefix_mask, attention_mask=additive)
+    want = reference(q, k, v, pk, pv, allowed, prefix_mask)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    weights_path, w = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_mask=prefix_mask,
+                                       attention_mask=additive, need_weights=True)
+    torch.testing.assert_close(weights_path.double(), want, atol=1e-5, rtol=1e-5)
+    assert float(w[1, :, :, 1:p].abs().max()) == 0.0  # masked prefix slots get no weight
+
+
+def test_gqa_with_a_per_head_mask():
+    """A mask with one entry per query head under GQA (key/value heads repeated for SDPA)."""
+    b, heads, kv_heads, n, p, d = 2, 4, 2, 5, 2, 8
+    q, k, v = rand(b, heads, n, d), rand(b, kv_heads, n, d), rand(b, kv_heads, n, d)
+    pk, pv = rand(1, kv_heads, p, d), rand(1, kv_heads, p, d)
+    per_head = torch.rand(b, heads, n, n) > 0.3
+    per_head[..., 0] = True
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, attention_mask=per_head)
+    for head in range(heads):
+        one = reference(q[:, head:head + 1], k[:, head // 2:head // 2 + 1], v[:, head // 2:head // 2 + 1],
+                        pk[:, head // 2:head // 2 + 1], pv[:, head // 2:head // 2 + 1], per_head[:, head])
+        torch.testing.assert_close(got[:, head:head + 1].double(), one, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_dropout_on_the_weights_path_is_unbiased():
+    """Softcapped attention (the explicit-weights path) with dropout: outputs vary, their mean is the
+    output without dropout (inverted dropout)."""
+    q, k, v = rand(1, 2, 3, 4), rand(1, 2, 3, 4), rand(1, 2, 3, 4)
+    pk, pv = rand(1, 2, 2, 4), rand(1, 2, 2, 4)
+    plain, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, softcap=3.0)
+    torch.manual_seed(0)
+    draws = torch.stack([prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, softcap=3.0, dropout=0.3)[0]
+                         for _ in range(3000)])
+    assert (draws[0] - draws[1]).abs().max() > 1e-3
+    torch.testing.assert_close(draws.mean(0), plain, atol=0.05, rtol=0.05)
+
+
+def test_gated_prefix_with_per_row_prefix_mask_softcap_bias_and_weights():
+    """The gated form with rows of shorter or no prefix, a softcap, a position bias and weights asked for:
+    each part against the reference (a row without prefix gets exactly its real-key attention)."""
+    b, h, n, p, d = 3, 2, 4, 3, 8
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    pk, pv = rand(b, h, p, d), rand(b, h, p, d)
+    prefix_mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool)
+    gate = torch.tensor([0.7, -1.1])
+    bias = rand(1, h, n, n)
+    got, weights = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_mask=prefix_mask,
+                                    prefix_gate=gate, softcap=2.0, position_bias=bias, need_weights=True)
+    real = reference(q, k, v, softcap=2.0, bias=bias)
+    prefix_only = reference(q, pk, pv, allowed=prefix_mask[:, None, :].expand(b, n, p), softcap=2.0)
+    prefix_only[2] = 0.0  # a row with no prefix slot gets no prefix term
+    tanh = torch.tanh(gate.double())[None, :, None, None]
+    torch.testing.assert_close(got.double(), real + tanh * prefix_only, atol=1e-5, rtol=1e-5)
+    assert weights.shape == (b, h, n, n)  # the weights of the real-key attention
+
+
+def test_single_query_with_trainable_prefix_gives_reference_gradients():
+    """One query per row while the prefix trains (the log-sum-exp merge has no backward, so it must not
+    be used): output and prefix gradients equal the reference's."""
+    q, k, v = rand(2, 4, 1, 8), rand(2, 2, 6, 8), rand(2, 2, 6, 8)
+    pk, pv = rand(1, 2, 3, 8).requires_grad_(True), rand(1, 2, 3, 8).requires_grad_(True)
+    got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True)
+    got.square().sum().backward()
+    rk, rv = pk.detach().double().requires_grad_(True), pv.detach().double().requires_grad_(True)
+    # differentiable float64 reference: one query sees the whole prefix and every cached key
+    keys = torch.cat([rk.expand(2, -1, -1, -1), k.double()], 2).repeat_interleave(2, dim=1)
+    values = torch.cat([rv.expand(2, -1, -1, -1), v.double()], 2).repeat_interleave(2, dim=1)
+    want = torch.softmax(q.double() @ keys.transpose(-1, -2) * 8 ** -0.5, -1) @ values
+    want.square().sum().backward()
+    torch.testing.assert_close(got.double(), want.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.detach().double(), reference(q, k, v, pk.detach(), pv.detach()), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pk.grad.double(), rk.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pv.grad.double(), rv.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scaling", [0.0625, 0.9])
+def test_decode_merge_uses_the_given_scaling(scaling):
+    q, k, v = rand(2, 4, 1, 8), rand(2, 2, 5, 8), rand(2, 2, 5, 8)
+    pk, pv = rand(1, 2, 3, 8), rand(1, 2, 3, 8)
+    with torch.no_grad():
+        got, _ = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, is_causal=True, scaling=scaling)
+    torch.testing.assert_close(got.double(), reference(q, k, v, pk, pv, scale=scaling), atol=1e-5, rtol=1e-5)
+
+
+def test_prefix_attention_layer_without_bias():
+    layer = PrefixAttention(d_model=16, num_heads=4, bias=False)
+    assert all(getattr(layer, n).bias is None for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    assert torch.equal(layer(torch.zeros(1, 3, 16)), torch.zeros(1, 3, 16))  # linear without bias: 0 -> 0

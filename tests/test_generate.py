@@ -121,3 +121,19 @@ def test_incremental_forward_with_cache_equals_full_forward(family):
     inc = torch.cat(steps, dim=1)
     real = mask.bool()
     torch.testing.assert_close(inc[real], full[real], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("cache_name", ["cache", "past_key_values"])
+def test_incremental_forward_without_a_mask_counts_positions_from_the_cache(family, cache_name):
+    """No attention mask: the new tokens' positions continue after the cached ones (plus the prefix)."""
+    pm = make(family)
+    ids = token_ids(family, 2, 7)
+    full = pm(input_ids=ids).logits
+    out = pm(input_ids=ids[:, :4], use_cache=True)
+    steps, cache = [out.logits], out.past_key_values
+    for t in range(4, 7):
+        out = pm(input_ids=ids[:, t:t + 1], use_cache=True, **{cache_name: cache})
+        cache = out.past_key_values
+        steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-4)

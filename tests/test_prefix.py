@@ -38,8 +38,9 @@ def test_direct_prefix_is_its_tensor_and_dropout_only_in_training():
     zeroed = trained == 0
     assert zeroed.any() and not zeroed.all()
     torch.testing.assert_close(trained[~zeroed], kv[~zeroed] * 2)  # inverted dropout scaling 1/(1-p)
-    with pytest.raises(ValueError, match="shape"):
-        DirectPrefix(torch.randn(2, 3, 4))
+    for bad in (torch.randn(2, 3, 4), torch.randn(2, 3, 3, 4, 5), torch.randn(2, 2, 3, 4)):
+        with pytest.raises(ValueError, match="shape"):
+            DirectPrefix(bad)
 
 
 LAYOUT = ModelLayout("llama", 8, (LocationShape("decoder_self", 3, 2, 4),), 0)
