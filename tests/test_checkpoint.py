@@ -141,3 +141,62 @@ def test_resave_over_an_mlp_save_after_folding_removes_stale_state(tmp_path):
     pm.fold().save_pretrained(tmp_path)
     assert not (tmp_path / TRAINABLE_NAME).exists()
     assert pt.load(tiny_model("llama"), tmp_path).prefix.is_folded
+
+
+def _rewrite(path, name, tensors):
+    """Replace one tensor file with ``tensors`` and fix its checksum, as a forger (or a bug) would."""
+    import hashlib
+
+    from safetensors.torch import save as st_save
+
+    data = st_save(tensors)
+    (path / name).write_bytes(data)
+    manifest = json.loads((path / CONFIG_NAME).read_text())
+    manifest["files"][name] = hashlib.sha256(data).hexdigest()
+    (path / CONFIG_NAME).write_text(json.dumps(manifest))
+
+
+def test_tensors_that_do_not_fit_the_config_are_refused_even_with_a_valid_checksum(tmp_path):
+    from safetensors.torch import load_file
+
+    trained("llama").save_pretrained(tmp_path / "mlp")  # trainable state: every tensor must be there
+    state = load_file(tmp_path / "mlp" / TRAINABLE_NAME)
+    dropped = dict(state)
+    dropped.pop(next(k for k in state if k.endswith("mlp.0.bias")))
+    _rewrite(tmp_path / "mlp", TRAINABLE_NAME, dropped)
+    with pytest.raises(pt.CheckpointError, match="do not match the config"):
+        pt.load(tiny_model("llama"), tmp_path / "mlp")
+    trained("llama", reparameterization="direct").save_pretrained(tmp_path / "direct")  # folded: adapter only
+    kv = load_file(tmp_path / "direct" / PREFIX_NAME)["prefix.decoder_self"]
+    for bad in ({"prefix.decoder_self": kv[:, :, :, :2].contiguous()}, {}):
+        _rewrite(tmp_path / "direct", PREFIX_NAME, bad)
+        with pytest.raises(pt.CheckpointError, match="prefix.decoder_self has shape"):
+            pt.load(tiny_model("llama"), tmp_path / "direct")
+    prompt = pt.wrap(tiny_model("llama"), pt.PromptConfig(num_virtual_tokens=3))
+    prompt.save_pretrained(tmp_path / "prompt")
+    _rewrite(tmp_path / "prompt", PREFIX_NAME, {})
+    with pytest.raises(pt.CheckpointError, match="prompt has shape None"):
+        pt.load(tiny_model("llama"), tmp_path / "prompt")
+
+
+def test_atomic_write_goes_through_a_hidden_temporary_file_in_the_same_directory(tmp_path, monkeypatch):
+    """``os.replace`` is atomic only within one file system: the temporary file sits next to the target,
+    named ``.<name>.*.tmp`` (hidden, and recognisable as a leftover if the process dies)."""
+    import os
+
+    seen = []
+    real = os.replace
+    monkeypatch.setattr("os.replace", lambda src, dst: (seen.append((src, dst)), real(src, dst)))
+    atomic_write(tmp_path / "sub" / "f.bin", b"data")
+    (src, dst), = seen
+    src = os.path.abspath(src)
+    assert os.path.dirname(src) == str(tmp_path / "sub") and dst == tmp_path / "sub" / "f.bin"
+    name = os.path.basename(src)
+    assert name.startswith(".f.bin.") and name.endswith(".tmp")
+    assert (tmp_path / "sub" / "f.bin").read_bytes() == b"data"
+
+
+def test_manifest_records_the_given_base_model_name(tmp_path):
+    pm = trained("llama")
+    pm.save_pretrained(tmp_path / "named", base_model_name="org/tiny-llama")
+    assert json.loads((tmp_path / "named" / CONFIG_NAME).read_text())["base_model"] == "org/tiny-llama"

@@ -243,3 +243,82 @@ def test_prompt_fold_in_training_mode_drops_dropout(encoder):
     folded = emb.train().folded()
     assert emb.training and folded.is_folded
     torch.testing.assert_close(folded.eval()(), want, atol=0, rtol=0)
+
+
+def test_lstm_encoder_runs_over_the_prompt_as_one_sequence():
+    """P-tuning's encoder is a 2-layer bidirectional LSTM over the ``l`` prompt positions: every output
+    position depends on every input position (in both directions)."""
+    from prefixtune.prompt import PromptEmbedding
+
+    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder="lstm", encoder_hidden_size=6), 5).eval()
+    assert (emb.lstm.num_layers, emb.lstm.bidirectional, emb.lstm.hidden_size) == (2, True, 3)
+    with torch.no_grad():
+        before = emb()
+        emb.embedding[0] += 1.0
+        after_first = emb()
+        emb.embedding[0] -= 1.0
+        emb.embedding[3] += 1.0
+        after_last = emb()
+    assert ((after_first - before).abs().amax(-1) > 1e-6).all(), "position 0 reaches every later position"
+    assert ((after_last - before).abs().amax(-1) > 1e-6).all(), "position 3 reaches every earlier position"
+
+
+def test_random_init_is_uniform_in_the_range_and_encoders_are_not_folded():
+    from prefixtune.prompt import PromptEmbedding
+
+    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=50, init_range=0.5), 40)
+    x = emb.embedding.detach()
+    assert x.min() < -0.4 and x.max() > 0.4 and x.abs().max() <= 0.5
+    assert abs(float(x.std()) - 0.5 / 3 ** 0.5) < 0.02
+    for encoder in ("mlp", "lstm"):
+        enc = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=2, encoder=encoder, encoder_hidden_size=4), 6)
+        assert not enc.is_folded and enc.folded().is_folded
+    assert PromptEmbedding(pt.PromptConfig(num_virtual_tokens=2), 6).is_folded
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(init="labels"), "label_words"), (dict(init="text"), "init_text"), (dict(num_virtual_tokens=0), "num_virtual_tokens"),
+    (dict(num_labels=0), "num_labels"), (dict(encoder="gru"), "encoder"), (dict(pooling="max"), "pooling"),
+    (dict(dropout=1.0), "dropout"), (dict(init="zeros"), "init"),
+])
+def test_bad_prompt_configs_name_the_field(kwargs, field):
+    with pytest.raises(pt.ConfigError, match=field):
+        pt.PromptConfig(**kwargs)
+
+
+def test_one_label_is_regression():
+    pm = pt.wrap(tiny_model("bert"), pt.PromptConfig(num_virtual_tokens=2, num_labels=1))
+    ids = token_ids("bert", 2, 5)
+    out = pm(input_ids=ids, labels=torch.tensor([0.5, -1.0]))
+    assert out.logits.shape == (2, 1)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), torch.tensor([0.5, -1.0])))
+
+
+def test_base_model_hidden_states_keep_one_position_per_input_token():
+    """On a model without an LM head (``BertModel``), ``last_hidden_state`` drops the prompt positions
+    and equals the bare model's at the real tokens."""
+    import transformers as T
+
+    base = T.BertModel(tiny_model("bert").config).eval()
+    pm = pt.wrap(base, pt.PromptConfig(num_virtual_tokens=L)).eval()
+    ids = token_ids("bert", 2, 6)
+    got = pm(input_ids=ids).last_hidden_state
+    with torch.no_grad():
+        prompt = pm.prompt()
+    bare = pm.unwrap()
+    want = bare(inputs_embeds=torch.cat([prompt.expand(2, -1, -1), bare.get_input_embeddings()(ids)], 1)).last_hidden_state
+    assert got.shape == (2, 6, 32)
+    torch.testing.assert_close(got, want[:, L:], atol=2e-5, rtol=1e-4)
+
+
+def test_fold_replaces_the_prompt_encoder_and_keeps_outputs():
+    pm = make("llama", encoder="lstm", encoder_hidden_size=8)
+    ids = token_ids("llama", 2, 5)
+    want = pm(input_ids=ids).logits
+    assert not pm.prompt.is_folded
+    pm.fold()
+    assert pm.prompt.is_folded and pm.prompt.lstm is None
+    torch.testing.assert_close(pm(input_ids=ids).logits, want, atol=1e-6, rtol=1e-6)
+    assert torch.equal(pm(ids).logits, pm(input_ids=ids).logits)  # input_ids may be positional
+    with pytest.raises(TypeError, match="by keyword"):
+        pm(ids, torch.ones_like(ids))
