@@ -31,6 +31,8 @@ def test_batches_hold_similar_lengths_and_epochs_differ():
 
 
 def test_collate_pads_right_or_left_with_masked_labels():
+    one = collate([Encoded([4, 5], labels=[-100, 5])], pad_id=0)  # a batch of one
+    assert one["labels"].tolist() == [[-100, 5]] and "token_type_ids" not in one
     items = [Encoded([5, 6, 7], labels=[-100, 6, 7]), Encoded([8], labels=[8])]
     right = collate(items, pad_id=0)
     assert right["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]

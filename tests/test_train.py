@@ -339,3 +339,101 @@ def test_trimmed_logits_give_the_same_loss(tiny_dir, method):
     assert trim_logits.shape[1] == 8 - 3 + 1 < full_logits.shape[1]  # from the position before the first target
     torch.testing.assert_close(trim_loss, full_loss, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(trim_logits, full_logits[:, 2:], atol=1e-5, rtol=1e-5)
+
+
+def test_task_spec_from_columns():
+    from prefixtune.data.sources import DataError
+    from prefixtune.train.loop import task_spec
+
+    e2e = task_spec(TrainConfig(task="e2e"))
+    assert e2e.kind == "generation" and e2e.template == "{mr}\n"
+    gen = task_spec(TrainConfig(task="qa", input_column="question", target_column="answer"))
+    assert (gen.kind, gen.template, gen.target_column, gen.name) == ("generation", "{question}\n", "answer", "qa")
+    templated = task_spec(TrainConfig(task="qa", template="Q: {question}\nA:", target_column="answer"))
+    assert templated.template == "Q: {question}\nA:"
+    cls = task_spec(TrainConfig(task="topic", label_column="topic"))
+    assert (cls.kind, cls.template, cls.label_column, cls.text_columns) == ("classification", "{text}", "topic", ("text",))
+    named = task_spec(TrainConfig(task="topic", label_column="topic", input_column="body"))
+    assert (named.template, named.text_columns) == ("{body}", ("body",))
+    assert task_spec(TrainConfig(task="topic", label_column="y", template="{a} {b}")).text_columns == ()
+    for bad in (dict(input_column="q"), dict(target_column="a"), {}):
+        with pytest.raises(DataError, match="not built in"):
+            task_spec(TrainConfig(task="custom", **bad))
+
+
+@pytest.fixture(scope="module")
+def topics_dir(tmp_path_factory):
+    """Three classes, each given away by one word."""
+    where = tmp_path_factory.mktemp("topics")
+    words = {"sport": "football", "food": "pasta", "music": "guitar"}
+    for split, n in (("train", 48), ("dev", 12)):
+        rows = ["text\ttopic"]
+        for i in range(n):
+            topic = list(words)[i % 3]
+            rows.append(f"item {i} is about {words[topic]}\t{topic}")
+        (where / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return where
+
+
+@pytest.fixture(scope="module")
+def still_bert_dir(tmp_path_factory):
+    """The tiny BERT without dropout, so a training step is deterministic."""
+    where = tmp_path_factory.mktemp("still-bert")
+    tok = T.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    torch.manual_seed(0)
+    cfg = T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                       vocab_size=len(tok), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    T.BertModel(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
+def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir, topics_dir, tmp_path, recording):
+    """A 3-class task gets a 3-way head; with ``train_limit`` only that many examples are encoded; step 1's
+    logged loss is the mean cross-entropy of its batch, computed here from the recorded initial parameters."""
+    import prefixtune as pt
+    from prefixtune.data.batching import collate, encode, length_grouped_batches
+    from prefixtune.data.tasks import load_task
+    from prefixtune.train.loop import task_spec
+
+    tiny_bert_dir = still_bert_dir
+    cfg = TrainConfig(model=str(tiny_bert_dir), task="topics", data=str(topics_dir), label_column="topic",
+                      method="ptuning_v2", adapter={"prefix_length": 2, "pooling": "mean", "head_dropout": 0.0, "dropout": 0.0},
+                      steps=2, batch_size=8, lr=1e-2, eval_every=0, eval_limit=None, out=str(tmp_path / "run"),
+                      max_length=16, train_limit=20, max_grad_norm=0.0)
+    logs = []
+    result = train(cfg, log=logs.append)
+    assert any(m.startswith("20 training examples") for m in logs), logs
+    opt = recording[-1]
+    tok = T.AutoTokenizer.from_pretrained(tiny_bert_dir)
+    task = load_task(task_spec(cfg), "train", data=cfg.data, limit=20)
+    assert task.spec.labels == ("food", "music", "sport")
+    encoded, _ = encode(tok, task.examples, cfg.max_length, "classification")
+    index = length_grouped_batches([len(e.input_ids) for e in encoded], 8, cfg.seed, 0)[0]
+    batch = collate([encoded[i] for i in index], tok.pad_token_id)
+    pm = pt.wrap(T.AutoModel.from_pretrained(tiny_bert_dir), pt.PTuningV2Config(**cfg.adapter, num_labels=3))
+    with torch.no_grad():
+        for p, value in zip(pm.trainable_parameters(), opt.initial, strict=True):
+            p.copy_(value)
+    pm.train()
+    logits = pm(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert logits.shape == (len(index), 3)
+    want = torch.nn.functional.cross_entropy(logits.double(), batch["labels"])
+    want.backward()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train_loss"] == pytest.approx(float(want.detach()), rel=1e-5)
+    for got, p in zip(opt.grads[0], pm.trainable_parameters(), strict=True):
+        torch.testing.assert_close(got, p.grad.float(), atol=1e-7, rtol=1e-4)
+    assert result["scores"]["accuracy"] >= 0
+
+
+def test_batch_loss_of_a_batch_without_targets_is_zero(tiny_dir):
+    import prefixtune as pt
+    from prefixtune.data.batching import Encoded, collate
+    from prefixtune.train.loop import batch_loss
+
+    pm = pt.wrap(T.AutoModelForCausalLM.from_pretrained(tiny_dir), pt.PrefixConfig(prefix_length=2, hidden_size=8))
+    batch = collate([Encoded([5, 6, 7], labels=[-100] * 3), Encoded([8, 9], labels=[-100] * 2)], pad_id=0)
+    for trim in (False, True):
+        loss, n, _ = batch_loss(pm, batch, "generation", trim_logits=trim)
+        assert float(loss.detach()) == 0.0 and n == 0
