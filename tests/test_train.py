@@ -437,3 +437,50 @@ def test_batch_loss_of_a_batch_without_targets_is_zero(tiny_dir):
     for trim in (False, True):
         loss, n, _ = batch_loss(pm, batch, "generation", trim_logits=trim)
         assert float(loss.detach()) == 0.0 and n == 0
+
+
+def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tmp_path, monkeypatch):
+    """Evaluation scores scripted 50, 60, 55, 58 at steps 2, 4, 6, 8: the best stays step 4's, two
+    evaluations without improvement stop the run at step 8 (patience 2), and the final evaluation (59)
+    does not replace the best."""
+    import prefixtune.train.evaluate as ev
+
+    scripted = iter([50.0, 60.0, 55.0, 58.0, 59.0, 57.0])  # the last for the rerun's re-scoring
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: ({"loss": 1.0, "bleu": next(scripted)}, []))
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=12, eval_every=2, save_every=2, patience=2)
+    logs = []
+    result = train(cfg, log=logs.append)
+    assert result["steps_done"] == 8 and result["best"] == 60.0 and result["best_step"] == 4
+    assert any("early stopping at step 8" in m for m in logs)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, 9))
+    assert [(r["step"], r["bleu"]) for r in rows if "split" in r] == [(2, 50.0), (4, 60.0), (6, 55.0), (8, 58.0),
+                                                                     (8, 59.0)]
+    best, final = adapter_state_of(tmp_path / "run" / "best", tiny_dir), adapter_state_of(tmp_path / "run" / "adapter", tiny_dir)
+    assert any(not torch.equal(best[k], final[k]) for k in best), "best/ is step 4's adapter, adapter/ step 8's"
+    # a rerun of a stopped run trains no more
+    again = train(cfg, log=lambda m: None)
+    assert again["steps_done"] == 8 and again["best"] == 60.0 and again["best_step"] == 4
+
+
+def adapter_state_of(path: Path, tiny_dir) -> dict:
+    layout, _ = describe(T.AutoModelForCausalLM.from_pretrained(tiny_dir))
+    _, parts = load_parts(path, layout)
+    return {f"prefix.{n}": v for n, v in parts.prefix.state_dict().items()}
+
+
+def test_metrics_rows_and_token_counts(tiny_dir, e2e_dir, tmp_path):
+    from prefixtune.data.batching import collate, encode, length_grouped_batches
+    from prefixtune.data.tasks import load_task
+    from prefixtune.train.loop import task_spec
+
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", eval_every=0, steps=3)
+    result = train(cfg, log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train_loss" in r]
+    assert all(set(r) == {"step", "train_loss", "lr", "tokens_per_s"} and r["tokens_per_s"] > 0 for r in train_rows)
+    tok = T.AutoTokenizer.from_pretrained(tiny_dir)
+    encoded, _ = encode(tok, load_task(task_spec(cfg), "train", data=cfg.data).examples, cfg.max_length, "generation")
+    batches = length_grouped_batches([len(e.input_ids) for e in encoded], cfg.batch_size, cfg.seed, 0)[:3]
+    want = sum(int(collate([encoded[i] for i in b], 0)["attention_mask"].sum()) for b in batches)
+    assert result["train_tokens"] == want
