@@ -173,3 +173,96 @@ def test_unwrap_restores_the_base_model():
     base = pm.unwrap()
     assert base.config._attn_implementation != "prefixtune"
     torch.testing.assert_close(base(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "gemma2"])
+def test_attention_weights_include_the_prefix_columns(family):
+    """``output_attentions=True``: per layer ``(B, H, q, l + n)`` probabilities equal to the oracle's."""
+    pm = make(family)
+    ids = token_ids(family, 2, 5)
+    kw = inputs(family, ids)
+    got = pm(**kw, output_attentions=True).attentions
+    ref_kw = {**kw, "output_attentions": True, "position_ids": positions(family, 2, 5, L)}
+    want = oracle_copy(pm)(**ref_kw).attentions
+    assert len(got) == len(want) == 2
+    for a, b in zip(got, want):
+        assert a.shape == (2, 4, 5, L + 5)
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(a.sum(-1), torch.ones(2, 4, 5))
+
+
+def test_head_dim_other_than_hidden_over_heads():
+    """Families whose head size is set apart from ``hidden_size / heads`` (Gemma 2 here: 4 heads of 16
+    in a width of 32) get prefixes of that head size, equal to the oracle."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.Gemma2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=64, vocab_size=96, sliding_window=4, attn_logit_softcapping=5.0,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    pm = pt.wrap(T.Gemma2ForCausalLM(cfg).eval(), pt.PrefixConfig(prefix_length=L, hidden_size=16, init_std=1.0)).eval()
+    assert pm.layout.locations[0].head_dim == 16
+    assert pm.prefix()["decoder_self"].shape == (2, 2, 2, L, 16)
+    ids = token_ids("gemma2", 2, 6)
+    got = pm(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    want = oracle_copy(pm)(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions("gemma2", 2, 6, L)).logits
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_unmasked_causal_call_with_more_keys_than_queries_is_causal_from_the_first_key():
+    """transformers omits the mask for a pre-allocated cache whose tail is unused: queries ``0..q-1``
+    against keys ``0..k-1`` must then see keys ``<= i`` (not aligned to the last key)."""
+    from prefixtune.hf import _attention
+    from test_attention import reference
+
+    module = torch.nn.Module()
+    module.is_causal = True
+    q, k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    out, _ = _attention(module, q, k, v, None)
+    allowed = torch.ones(3, 6, dtype=torch.bool).tril()[None]
+    torch.testing.assert_close(out.transpose(1, 2).double(), reference(q, k, v, allowed=allowed), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_float_and_bool_masks_give_the_same_positions_and_outputs(family):
+    """Attention masks come as long, bool or float tensors; positions (left padding) and outputs agree."""
+    pm = make(family)
+    ids = token_ids(family, 2, 6)
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    want = pm(input_ids=ids, attention_mask=mask).logits
+    for other in (mask.bool(), mask.float()):
+        got = pm(input_ids=ids, attention_mask=other).logits
+        torch.testing.assert_close(got[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_explicit_position_ids_are_used_and_shifted_by_the_prefix(family):
+    """Given position ids count the real tokens from 0; the prefix shifts them like the default ones."""
+    pm = make(family)
+    ids = token_ids(family, 2, 6)
+    default = pm(input_ids=ids).logits
+    natural = torch.arange(6)[None].expand(2, 6)
+    torch.testing.assert_close(pm(input_ids=ids, position_ids=natural).logits, default, atol=1e-6, rtol=1e-6)
+    oracle = oracle_copy(pm)
+    moved = pm(input_ids=ids, position_ids=natural + 5).logits
+    torch.testing.assert_close(moved, oracle(input_ids=ids, position_ids=natural + 5 + L).logits, atol=2e-5, rtol=1e-4)
+    if family == "gpt2":  # learned absolute positions: other ids, other outputs
+        assert (moved - default).abs().max() > 1e-4
+
+
+def test_learned_position_limit_is_exact():
+    """GPT-2's 128 learned positions with a prefix of 3: 125 tokens fit (last id 127), 126 do not."""
+    pm = make("gpt2")
+    pm(input_ids=token_ids("gpt2", 1, 125))
+    with pytest.raises(ValueError, match="input too long"):
+        pm(input_ids=token_ids("gpt2", 1, 126))
+
+
+def test_attention_weights_with_a_prompt_and_no_prefix():
+    """GPT-2 does not pass ``output_attentions`` to the attention function: weights come back anyway,
+    over the ``l + n`` positions of the prompted input."""
+    pm = pt.wrap(tiny_model("gpt2"), pt.PromptConfig(num_virtual_tokens=2)).eval()
+    ids = token_ids("gpt2", 2, 5)
+    attentions = pm(input_ids=ids, output_attentions=True).attentions
+    assert len(attentions) == 2 and attentions[0].shape == (2, 4, 7, 7)
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 4, 7))

@@ -45,6 +45,8 @@ class PrefixBatch:
                  capture: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
         self.slots = slots
         self.lengths = lengths
+        #: compute attention weights even where the family does not pass ``output_attentions`` down (GPT-2)
+        self.need_weights = False
         #: when a dict, each attention module stores its real keys/values ``(B, H_kv, n, d)`` here
         self.capture = capture
 

@@ -77,7 +77,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         dropout=dropout,
         softcap=softcap,
         position_bias=position_bias,
-        need_weights=bool(kwargs.get("output_attentions", False)),
+        need_weights=bool(kwargs.get("output_attentions", False) or (batch is not None and batch.need_weights)),
         prefix_gate=slot.gate if slot else None,
     )
     return out.transpose(1, 2).contiguous(), weights
@@ -298,6 +298,8 @@ class Injection:
         The prefix itself is supplied by :meth:`active`.
         """
         kwargs = dict(kwargs)
+        if batch is not None and kwargs.get("output_attentions"):
+            batch.need_weights = True
         if not self.takes_position_ids:
             return kwargs
         ref = kwargs.get("input_ids")

@@ -120,6 +120,8 @@ class PrefixModel(nn.Module):
         mask = kwargs.get("attention_mask")
         kwargs, real_index = self._with_prompt(kwargs, extend_labels=not seq2seq)
         batch = self.prefix_batch()
+        if batch is None and kwargs.get("output_attentions"):  # no prefix, but the weights must be computed
+            batch = PrefixBatch({}, torch.zeros(1, dtype=torch.long))
         kwargs = self.injection.inputs(batch, self.shifted, kwargs)
         if self.head is not None:
             kwargs["output_hidden_states"] = True

@@ -48,7 +48,6 @@ class DirectPrefix(nn.Module):
         if kv.dim() != 5 or kv.shape[1] != 2:
             raise ValueError(f"prefix K/V must have shape (layers, 2, kv_heads, l, head_dim), got {tuple(kv.shape)}")
         self.kv = nn.Parameter(kv)
-        self.shape = tuple(kv.shape)
         self.dropout = nn.Dropout(dropout)
 
     @classmethod
