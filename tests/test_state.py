@@ -66,3 +66,21 @@ def test_load_state_restores_optimizer_scheduler_and_rngs(tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), k
+
+
+def test_save_state_creates_missing_parents_and_replaces_a_stale_temporary(tmp_path):
+    """A killed save can leave ``.step-N.tmp-PID``; a later save by a process with that PID must not
+    mix the stale files into the new checkpoint."""
+    import os
+
+    pm, opt, sched = trained()
+    root = tmp_path / "run" / "checkpoints"
+    stale = root / f".step-000003.tmp-{os.getpid()}"
+    (stale / "adapter").mkdir(parents=True)
+    (stale / "junk.bin").write_bytes(b"left by a killed write")
+    path = save_state(root, 3, pm, opt, sched, {})
+    assert not (path / "junk.bin").exists() and not stale.exists()
+    assert sorted(p.name for p in root.iterdir()) == ["step-000003"]
+    verify(path)
+    deep = save_state(tmp_path / "a" / "b" / "c", 1, pm, opt, sched, {})
+    verify(deep)
