@@ -146,7 +146,25 @@ def _called_name(call) -> str | None:
     return None
 
 
-def make_mutants(module: str) -> tuple[list[Mutant], dict[str, str]]:
+class LazySources(dict):
+    """key -> mutated source of the module's file, rendered when first asked for (rendering every
+    mutant of a module up front takes minutes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[str, tuple] = {}
+
+    def __missing__(self, key: str) -> str:
+        tree, old, new = self.pending.pop(key)
+        self[key] = source = tree.deep_replace(old, new).code
+        return source
+
+    def update(self, other) -> None:  # noqa: D102 - merge another module's pending sources
+        self.pending.update(other.pending)
+        super().update(other)
+
+
+def make_mutants(module: str) -> tuple[list[Mutant], LazySources]:
     """All mutants of ``module`` and, by key, the mutated source of its file."""
     import libcst as cst
     from libcst.metadata import MetadataWrapper
@@ -157,24 +175,21 @@ def make_mutants(module: str) -> tuple[list[Mutant], dict[str, str]]:
     wrapper = MetadataWrapper(cst.parse_module(code))
     visitor = _visitor_class()(mutation_operators, pragma_no_mutate_lines(code))
     tree = wrapper.visit(visitor)
-    mutants, sources, seen, ordinal = [], {}, set(), {}
+    mutants, sources, ordinal = [], LazySources(), {}
     for mutation, (start, end, function) in zip(visitor.mutations, visitor.positions, strict=True):
         if _only_moves_device(mutation):
             continue
-        mutated = tree.deep_replace(mutation.original_node, mutation.mutated_node).code
-        digest = hashlib.sha256(mutated.encode()).hexdigest()[:12]
-        if mutated == code or digest in seen:
-            continue
-        seen.add(digest)
         before = cst.Module([]).code_for_node(mutation.original_node)
         after = cst.Module([]).code_for_node(mutation.mutated_node)
+        if before == after:
+            continue
         m = Mutant(module, function, start, end, *_changed_part(before, after))
         # stable across edits elsewhere: function, the change, and its rank among equal changes there
         change = f"{function}:{before}->{after}"
         ordinal[change] = ordinal.get(change, -1) + 1
         m.key = f"{module}:{function}:{hashlib.sha256(f'{change}#{ordinal[change]}'.encode()).hexdigest()[:10]}"
         mutants.append(m)
-        sources[m.key] = mutated
+        sources.pending[m.key] = (tree, mutation.original_node, mutation.mutated_node)
     return mutants, sources
 
 
@@ -502,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {}
     if args.results.is_file():
         previous = {m["key"]: Mutant(**m) for m in json.loads(args.results.read_text())["mutants"]}
-    mutants, sources = [], {}
+    mutants, sources = [], LazySources()
     for module in modules:
         ms, src = make_mutants(module)
         if args.sample is not None and len(ms) > args.sample:

@@ -325,3 +325,27 @@ def test_prefix_attention_layer_without_bias():
     layer = PrefixAttention(d_model=16, num_heads=4, bias=False)
     assert all(getattr(layer, n).bias is None for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
     assert torch.equal(layer(torch.zeros(1, 3, 16)), torch.zeros(1, 3, 16))  # linear without bias: 0 -> 0
+
+
+def test_gated_prefix_returns_weights_when_asked_without_softcap():
+    q, k, v = rand(1, 2, 3, 4), rand(1, 2, 3, 4), rand(1, 2, 3, 4)
+    pk, pv = rand(1, 2, 2, 4), rand(1, 2, 2, 4)
+    out, weights = prefix_attention(q, k, v, prefix_key=pk, prefix_value=pv, prefix_gate=torch.zeros(2),
+                                    need_weights=True)
+    assert weights is not None and weights.shape == (1, 2, 3, 3)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, 3))
+    torch.testing.assert_close(out.double(), reference(q, k, v), atol=1e-5, rtol=1e-5)  # tanh(0) = 0
+
+
+def test_bf16_additive_mask_with_prefix_mask_stays_bf16():
+    """A bf16 additive mask gets bf16 prefix columns (its own dtype's minimum), not float32 ones."""
+    b, h, n, p, d = 2, 2, 4, 3, 8
+    q, k, v = rand(b, h, n, d), rand(b, h, n, d), rand(b, h, n, d)
+    pk, pv = rand(b, h, p, d), rand(b, h, p, d)
+    allowed = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]], dtype=torch.bool)[:, None, :].expand(b, n, n)
+    additive = torch.zeros(b, 1, n, n, dtype=torch.bfloat16).masked_fill(~allowed[:, None], torch.finfo(torch.bfloat16).min)
+    prefix_mask = torch.tensor([[1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    got, _ = prefix_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), prefix_key=pk, prefix_value=pv,
+                              prefix_mask=prefix_mask, attention_mask=additive)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), reference(q, k, v, pk, pv, allowed, prefix_mask), atol=5e-2, rtol=5e-2)
