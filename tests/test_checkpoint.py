@@ -200,3 +200,16 @@ def test_manifest_records_the_given_base_model_name(tmp_path):
     pm = trained("llama")
     pm.save_pretrained(tmp_path / "named", base_model_name="org/tiny-llama")
     assert json.loads((tmp_path / "named" / CONFIG_NAME).read_text())["base_model"] == "org/tiny-llama"
+
+
+def test_an_adapter_initialized_from_text_loads_without_a_tokenizer(tmp_path):
+    """Loading restores the saved tensors; the config's init (here from text, which needs a tokenizer)
+    is not run again."""
+    fake_tokenizer = lambda text, add_special_tokens=False: {"input_ids": [5, 6]}  # noqa: E731
+    for cfg in (pt.PromptConfig(num_virtual_tokens=3, init="text", init_text="table:"),
+                pt.PrefixConfig(prefix_length=3, hidden_size=8, init="text", init_text="table:")):
+        pm = pt.wrap(tiny_model("llama"), cfg, tokenizer=fake_tokenizer).eval()
+        pm.save_pretrained(tmp_path / cfg.method)
+        loaded = pt.load(tiny_model("llama"), tmp_path / cfg.method).eval()
+        kw = kw_for("llama")
+        torch.testing.assert_close(loaded(**kw).logits, pm(**kw).logits, atol=0, rtol=0)

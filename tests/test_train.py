@@ -484,3 +484,15 @@ def test_metrics_rows_and_token_counts(tiny_dir, e2e_dir, tmp_path):
     batches = length_grouped_batches([len(e.input_ids) for e in encoded], cfg.batch_size, cfg.seed, 0)[:3]
     want = sum(int(collate([encoded[i] for i in b], 0)["attention_mask"].sum()) for b in batches)
     assert result["train_tokens"] == want
+
+
+def test_training_a_prompt_initialized_from_text(tiny_dir, e2e_dir, tmp_path):
+    """The run's tokenizer reaches the method: a prompt initialized from text trains (and starts as
+    the embeddings of that text)."""
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", method="prompt", eval_every=0, steps=1, lr=0.0,
+                 adapter={"num_virtual_tokens": 2, "init": "text", "init_text": "table to text"})
+    train(cfg, log=lambda m: None)
+    tok = T.AutoTokenizer.from_pretrained(tiny_dir)
+    ids = tok("table to text", add_special_tokens=False)["input_ids"][:2]
+    embeddings = T.AutoModelForCausalLM.from_pretrained(tiny_dir).get_input_embeddings().weight[ids]
+    torch.testing.assert_close(adapter_state(tmp_path / "run", tiny_dir)["prompt.embedding"], embeddings.detach())
