@@ -80,6 +80,7 @@ class Mutant:
     before: str
     after: str
     key: str = ""
+    scope: tuple[int, int] = (0, 0)  # lines of the enclosing function
     status: str = "pending"  # killed | timeout | survived | no tests | pending
     tests_run: int = 0
     seconds: float = 0.0
@@ -130,7 +131,9 @@ def _visitor_class():
             # a default value runs at import; the tests of the function's body are the ones that use it
             pos = self.get_metadata(PositionProvider, outer if getattr(self, "_in_params", 0) else node)
             name = outer.name.value if hasattr(outer, "name") else "?"
-            self.positions += [(pos.start.line, pos.end.line, name)] * (len(self.mutations) - before)
+            scope = self.get_metadata(PositionProvider, outer)
+            self.positions += [(pos.start.line, pos.end.line, name, scope.start.line, scope.end.line)] * (
+                len(self.mutations) - before)
 
     return Visitor
 
@@ -176,14 +179,15 @@ def make_mutants(module: str) -> tuple[list[Mutant], LazySources]:
     visitor = _visitor_class()(mutation_operators, pragma_no_mutate_lines(code))
     tree = wrapper.visit(visitor)
     mutants, sources, ordinal = [], LazySources(), {}
-    for mutation, (start, end, function) in zip(visitor.mutations, visitor.positions, strict=True):
+    for mutation, (start, end, function, scope_start, scope_end) in zip(visitor.mutations, visitor.positions,
+                                                                       strict=True):
         if _only_moves_device(mutation):
             continue
         before = cst.Module([]).code_for_node(mutation.original_node)
         after = cst.Module([]).code_for_node(mutation.mutated_node)
         if before == after:
             continue
-        m = Mutant(module, function, start, end, *_changed_part(before, after))
+        m = Mutant(module, function, start, end, *_changed_part(before, after), scope=(scope_start, scope_end))
         # stable across edits elsewhere: function, the change, and its rank among equal changes there
         change = f"{function}:{before}->{after}"
         ordinal[change] = ordinal.get(change, -1) + 1
@@ -374,10 +378,19 @@ class Worker:
 
 
 def tests_for(mutant: Mutant, cover: dict) -> list[str]:
+    """The tests that run the mutated lines; for lines only run in other threads (coverage's per-test
+    context is the main thread's: the serving engine's worker), those of the enclosing function, or of
+    the file."""
     lines = cover["lines"].get(MODULES[mutant.module], {})
-    tests = set()
-    for n in range(mutant.line, mutant.end_line + 1):
-        tests.update(lines.get(str(n), ()))
+
+    def covering(first: int, last: int) -> set[str]:
+        return {t for n in range(first, last + 1) for t in lines.get(str(n), ())}
+
+    tests = covering(mutant.line, mutant.end_line)
+    if not tests and mutant.scope != (0, 0):
+        tests = covering(*mutant.scope)
+    if not tests:
+        tests = {t for ts in lines.values() for t in ts}
     durations = cover["durations"]
     return sorted(tests, key=lambda t: (durations.get(t, 1.0), t))
 
@@ -516,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {}
     if args.results.is_file():
-        previous = {m["key"]: Mutant(**m) for m in json.loads(args.results.read_text())["mutants"]}
+        previous = {m["key"]: Mutant(**{**m, "scope": tuple(m.get("scope", (0, 0)))})
+                    for m in json.loads(args.results.read_text())["mutants"]}
     mutants, sources = [], LazySources()
     for module in modules:
         ms, src = make_mutants(module)
@@ -529,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             keep = old is not None and old.status != "pending" and (
                 args.rerun == "none" or (args.rerun == "survivors" and old.status not in ("survived", "no tests")))
             if keep:
-                old.before, old.after, old.line, old.end_line = m.before, m.after, m.line, m.end_line
+                old.before, old.after, old.line, old.end_line, old.scope = m.before, m.after, m.line, m.end_line, m.scope
             mutants.append(old if keep else m)
         sources.update(src)
         print(f"{module}: {len(ms)} mutants", flush=True)
