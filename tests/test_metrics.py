@@ -95,3 +95,20 @@ def test_macro_f1_counts_a_class_never_predicted_as_zero():
     out = classification_scores([0, 0, 0], [0, 1, 1])
     # class 0: tp1 fp2 fn0 -> 2/4; class 1: never predicted -> 0
     assert out["f1"] == pytest.approx(100 * (0.5 + 0.0) / 2)
+
+
+def test_cider_d_idf_zeroes_ngrams_every_input_shares():
+    """"a" is in both inputs' references: idf 0. A hypothesis "a" (against "a b") then has a zero vector
+    and scores 0; input 2 matches exactly: 5. Without document frequencies "a" would count."""
+    assert cider(["a", "a c"], [["a b"], ["a c"]]) == pytest.approx(2.5)
+
+
+def test_generation_scores_include_meteor_when_it_can_be_computed():
+    from prefixtune.metrics import meteor
+
+    text = "the cat sat on the mat"
+    out = generation_scores([text], [[text]])
+    assert out["bleu"] == pytest.approx(100.0) and out["rouge_l"] == pytest.approx(100.0)
+    assert ("meteor" in out) == (meteor([text], [[text]]) is not None)
+    if "meteor" in out:
+        assert out["meteor"] == pytest.approx(100 * (1 - 0.5 / 6 ** 3))
