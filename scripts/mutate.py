@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown modules {unknown}; known: {', '.join(MODULES)}")
     CACHE.mkdir(parents=True, exist_ok=True)
 
+    equivalents = load_equivalents()
     previous = {}
     if args.results.is_file():
         previous = {m["key"]: Mutant(**{**m, "scope": tuple(m.get("scope", (0, 0)))})
@@ -540,8 +541,10 @@ def main(argv: list[str] | None = None) -> int:
             ms = sorted(ms[:args.sample], key=lambda m: m.line)
         for m in ms:
             old = previous.get(m.key)
+            # a survivor judged equivalent is not run again unless everything is
             keep = old is not None and old.status != "pending" and (
-                args.rerun == "none" or (args.rerun == "survivors" and old.status not in ("survived", "no tests")))
+                args.rerun == "none" or (args.rerun == "survivors" and (
+                    old.status not in ("survived", "no tests") or old.key in equivalents)))
             if keep:
                 old.before, old.after, old.line, old.end_line, old.scope = m.before, m.after, m.line, m.end_line, m.scope
             mutants.append(old if keep else m)

@@ -200,3 +200,18 @@ def test_an_error_reaches_the_request_future():
     boom = RuntimeError("adapter unloaded")
     streamed([(r, [5])], error=boom)
     assert r.finish_reason == "error" and r.done.exception() is boom
+
+
+def test_empty_stop_strings_never_match_and_special_tokens_never_reach_the_text():
+    only_empty = req("a", max_new_tokens=2, stop=[""])
+    (chunks,) = streamed([(only_empty, [5, 6])])
+    assert chunks == ["w5 ", "w6 ", None] and only_empty.finish_reason == "length"
+    eos_last = req("a", max_new_tokens=3, ignore_eos=True)
+    (chunks,) = streamed([(eos_last, [5, 6, 0])], tokenizer=Bytes())
+    assert eos_last.text == "w5 w6 " and "".join(c for c in chunks if c) == "w5 w6 "
+
+
+def test_a_leading_split_character_is_not_streamed_half_done():
+    r = req("a", max_new_tokens=9)
+    (chunks,) = streamed([(r, [9, 10, 5])], tokenizer=Bytes())
+    assert chunks == ["é", "w5 ", None]
