@@ -281,11 +281,15 @@ def test_time_budget_stops_the_run_and_a_rerun_does_not_train_more(tiny_dir, e2e
 
 @pytest.fixture(scope="module")
 def tiny_bert_dir(tmp_path_factory):
-    where = tmp_path_factory.mktemp("tiny-bert")
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def save_tiny_bert(where: Path, **config) -> Path:
+    """A tiny random BERT with MiniLM's real tokenizer, saved like any local model."""
     tok = T.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
     torch.manual_seed(0)
     cfg = T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                       vocab_size=len(tok))
+                       vocab_size=len(tok), **config)
     T.BertModel(cfg).save_pretrained(where)
     tok.save_pretrained(where)
     return where
@@ -378,14 +382,8 @@ def topics_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def still_bert_dir(tmp_path_factory):
     """The tiny BERT without dropout, so a training step is deterministic."""
-    where = tmp_path_factory.mktemp("still-bert")
-    tok = T.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
-    torch.manual_seed(0)
-    cfg = T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                       vocab_size=len(tok), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    T.BertModel(cfg).save_pretrained(where)
-    tok.save_pretrained(where)
-    return where
+    return save_tiny_bert(tmp_path_factory.mktemp("still-bert"), hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
 
 
 def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir, topics_dir, tmp_path, recording):
