@@ -91,3 +91,11 @@ def test_add_remove_and_errors(tmp_path):
         bank.add("cls", pt.wrap(tiny_model("llama"), pt.PTuningV2Config(prefix_length=2, pooling="last")))
     with pytest.raises(pt.CheckpointError):
         bank.add("missing", tmp_path / "nothing")
+
+
+def test_a_saved_gated_adapter_is_refused_not_served_without_its_gates(tmp_path):
+    pm = pt.wrap(tiny_model("llama"), pt.PrefixConfig(prefix_length=2, reparameterization="direct", gate=True))
+    pm.save_pretrained(tmp_path)
+    bank = AdapterBank(tiny_model("llama"))
+    with pytest.raises(ValueError, match="gated"):
+        bank.add("gated", tmp_path)

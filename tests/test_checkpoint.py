@@ -213,3 +213,23 @@ def test_an_adapter_initialized_from_text_loads_without_a_tokenizer(tmp_path):
         loaded = pt.load(tiny_model("llama"), tmp_path / cfg.method).eval()
         kw = kw_for("llama")
         torch.testing.assert_close(loaded(**kw).logits, pm(**kw).logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("reparam", ["direct", "mlp"])
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_gated_prefix_keeps_its_gates_through_save_and_load(tmp_path, family, reparam):
+    """The gates are part of the adapter: reloaded (full state or folded), the outputs are the same."""
+    pm = trained(family, reparameterization=reparam, gate=True)
+    with torch.no_grad():
+        for g in pm.prefix.gates.values():
+            g.normal_()
+    kw = kw_for(family)
+    want = pm(**kw).logits
+    pm.save_pretrained(tmp_path)
+    for folded in (False, True):
+        loaded = pt.load(tiny_model(family), tmp_path, folded=folded).eval()
+        assert set(loaded.prefix.gates) == set(pm.prefix.gates)
+        torch.testing.assert_close(loaded(**kw).logits, want, atol=1e-6, rtol=1e-6)
+    pm.fold().save_pretrained(tmp_path / "folded")
+    torch.testing.assert_close(pt.load(tiny_model(family), tmp_path / "folded").eval()(**kw).logits, want,
+                               atol=1e-6, rtol=1e-6)

@@ -70,6 +70,7 @@ def inference_tensors(parts: Parts) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     if parts.prefix is not None:
         out.update(_cpu({loc: enc.kv for loc, enc in parts.prefix.folded().encoders.items()}, "prefix."))
+        out.update(_cpu(dict(parts.prefix.gates), "prefix.gate."))  # (layers, H_kv) per location, if gated
     if parts.prompt is not None:
         out.update(_cpu({"prompt": parts.prompt.folded().embedding}, ""))
     if parts.head is not None:
@@ -165,7 +166,14 @@ def parts_from_inference_tensors(tensors: dict[str, torch.Tensor], fresh: Parts,
                 got = None if kv is None else tuple(kv.shape)
                 raise CheckpointError(f"{file}: prefix.{loc} has shape {got}, expected {expect}")
             encoders[loc] = DirectPrefix(kv, dropout=fresh.prefix.encoders[loc].dropout.p)
-        parts.prefix = PrefixStack(encoders, fresh.prefix.layers)
+        gates = {}
+        for loc, fresh_gate in fresh.prefix.gates.items():
+            gate = tensors.get(f"prefix.gate.{loc}")
+            if gate is None or gate.shape != fresh_gate.shape:
+                raise CheckpointError(f"{file}: prefix.gate.{loc} has shape {None if gate is None else tuple(gate.shape)}, "
+                                      f"expected {tuple(fresh_gate.shape)}")
+            gates[loc] = gate
+        parts.prefix = PrefixStack(encoders, fresh.prefix.layers, gates)
     if fresh.prompt is not None:
         vectors = tensors.get("prompt")
         folded = fresh.prompt.folded()
