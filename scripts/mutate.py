@@ -63,6 +63,9 @@ SLOW_TESTS = (
     "tests/test_train.py::test_two_process_ddp_equals_one_process",
     "tests/test_serve.py::test_serve_command_runs_and_stops_on_sigterm",
 )
+#: modules whose code runs mostly in threads the per-test coverage context does not follow (the server's
+#: event loop and the engine's worker): their tests are added when a mutant's lines have no covering test
+THREAD_TESTS = {"serve.engine": "tests/test_serve.py"}
 MESSAGE_CALLS = {"warn", "log", "print", "info", "warning", "debug", "error"}
 
 
@@ -387,11 +390,13 @@ def tests_for(mutant: Mutant, cover: dict) -> list[str]:
         return {t for n in range(first, last + 1) for t in lines.get(str(n), ())}
 
     tests = covering(mutant.line, mutant.end_line)
+    durations = cover["durations"]
+    if not tests and mutant.module in THREAD_TESTS:
+        tests = covering(*mutant.scope) | {t for t in durations if t.startswith(THREAD_TESTS[mutant.module])}
     if not tests and mutant.scope != (0, 0):
         tests = covering(*mutant.scope)
     if not tests:
         tests = {t for ts in lines.values() for t in ts}
-    durations = cover["durations"]
     return sorted(tests, key=lambda t: (durations.get(t, 1.0), t))
 
 

@@ -90,3 +90,11 @@ def test_encode_classification_pairs_token_types_and_truncation():
     assert out[0].input_ids == [1, 97, 98, 3, 99] and out[0].token_type_ids == [0, 0, 0, 1, 1] and out[0].label == 1
     assert out[1].input_ids == [1, 97, 98, 99, 100] and out[1].label == 0
     assert (report.total, report.truncated) == (2, 1)
+
+
+def test_an_example_of_exactly_max_length_is_not_truncated():
+    from prefixtune.data.batching import encode
+    from prefixtune.data.tasks import Example
+
+    out, report = encode(CharTokenizer(), [Example("ab", target="xy")], max_length=6, kind="generation")
+    assert len(out[0].input_ids) == 6 and report.truncated == 0

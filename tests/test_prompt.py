@@ -322,3 +322,10 @@ def test_fold_replaces_the_prompt_encoder_and_keeps_outputs():
     assert torch.equal(pm(ids).logits, pm(input_ids=ids).logits)  # input_ids may be positional
     with pytest.raises(TypeError, match="by keyword"):
         pm(ids, torch.ones_like(ids))
+
+
+def test_prompt_model_takes_inputs_embeds_instead_of_ids():
+    pm = make("llama")
+    ids = token_ids("llama", 2, 5)
+    embeds = pm.base_model.get_input_embeddings()(ids)
+    torch.testing.assert_close(pm(inputs_embeds=embeds).logits, pm(input_ids=ids).logits, atol=1e-6, rtol=1e-6)

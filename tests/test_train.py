@@ -351,6 +351,9 @@ def test_task_spec_from_columns():
 
     e2e = task_spec(TrainConfig(task="e2e"))
     assert e2e.kind == "generation" and e2e.template == "{mr}\n"
+    # a built-in task with any column given is described by the columns, not the built-in spec
+    renamed = task_spec(TrainConfig(task="e2e", target_column="text", template="{meaning}\n"))
+    assert (renamed.target_column, renamed.template) == ("text", "{meaning}\n")
     gen = task_spec(TrainConfig(task="qa", input_column="question", target_column="answer"))
     assert (gen.kind, gen.template, gen.target_column, gen.name) == ("generation", "{question}\n", "answer", "qa")
     templated = task_spec(TrainConfig(task="qa", template="Q: {question}\nA:", target_column="answer"))
