@@ -259,7 +259,7 @@ def preload() -> None:
     assert "prefixtune" not in sys.modules, "the parent must not import prefixtune (children import the mutant)"
 
 
-def fork_pytest(args: list[str], log: Path, pythonpath: Path | None, plugin=None) -> int:
+def fork_pytest(args: list[str], log: Path, pythonpath: Path | None) -> int:
     """Run pytest in a forked child (returns its pid); the child never returns."""
     pid = os.fork()
     if pid:
@@ -275,8 +275,7 @@ def fork_pytest(args: list[str], log: Path, pythonpath: Path | None, plugin=None
             os.environ["PYTHONPATH"] = os.pathsep.join([str(pythonpath), os.environ.get("PYTHONPATH", "")])
         import pytest
 
-        code = int(pytest.main(["-q", "-p", "no:cacheprovider", "--no-header", *args],
-                               plugins=[plugin] if plugin else []))
+        code = int(pytest.main(["-q", "-p", "no:cacheprovider", "--no-header", *args]))
     except BaseException as e:  # noqa: BLE001 - the child must exit, whatever happened
         print(f"mutation child failed: {e!r}", flush=True)
         code = 99

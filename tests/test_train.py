@@ -60,9 +60,10 @@ def config(tiny_dir, e2e_dir, out, **kw):
     return TrainConfig(**base)
 
 
-def adapter_state(run: Path, tiny_dir) -> dict:
+def adapter_state(run: Path, tiny_dir, which: str = "adapter") -> dict:
+    """The trained tensors of ``run/which`` (``adapter`` or ``best``)."""
     layout, _ = describe(T.AutoModelForCausalLM.from_pretrained(tiny_dir))
-    _, parts = load_parts(run / "adapter", layout)
+    _, parts = load_parts(run / which, layout)
     return {f"{k}.{n}": v for k in ("prefix", "prompt") if getattr(parts, k) is not None
             for n, v in getattr(parts, k).state_dict().items()}
 
@@ -403,7 +404,7 @@ def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir,
                       steps=2, batch_size=8, lr=1e-2, eval_every=0, eval_limit=None, out=str(tmp_path / "run"),
                       max_length=16, train_limit=20, max_grad_norm=0.0)
     logs = []
-    result = train(cfg, log=logs.append)
+    train(cfg, log=logs.append)
     assert any(m.startswith("20 training examples") for m in logs), logs
     opt = recording[-1]
     tok = T.AutoTokenizer.from_pretrained(tiny_bert_dir)
@@ -425,7 +426,6 @@ def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir,
     assert rows[0]["train_loss"] == pytest.approx(float(want.detach()), rel=1e-5)
     for got, p in zip(opt.grads[0], pm.trainable_parameters(), strict=True):
         torch.testing.assert_close(got, p.grad.float(), atol=1e-7, rtol=1e-4)
-    assert result["scores"]["accuracy"] >= 0
 
 
 def test_batch_loss_of_a_batch_without_targets_is_zero(tiny_dir):
@@ -457,17 +457,11 @@ def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tm
     assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, 9))
     assert [(r["step"], r["bleu"]) for r in rows if "split" in r] == [(2, 50.0), (4, 60.0), (6, 55.0), (8, 58.0),
                                                                      (8, 59.0)]
-    best, final = adapter_state_of(tmp_path / "run" / "best", tiny_dir), adapter_state_of(tmp_path / "run" / "adapter", tiny_dir)
+    best, final = adapter_state(tmp_path / "run", tiny_dir, "best"), adapter_state(tmp_path / "run", tiny_dir)
     assert any(not torch.equal(best[k], final[k]) for k in best), "best/ is step 4's adapter, adapter/ step 8's"
     # a rerun of a stopped run trains no more
     again = train(cfg, log=lambda m: None)
     assert again["steps_done"] == 8 and again["best"] == 60.0 and again["best_step"] == 4
-
-
-def adapter_state_of(path: Path, tiny_dir) -> dict:
-    layout, _ = describe(T.AutoModelForCausalLM.from_pretrained(tiny_dir))
-    _, parts = load_parts(path, layout)
-    return {f"prefix.{n}": v for n, v in parts.prefix.state_dict().items()}
 
 
 def test_metrics_rows_and_token_counts(tiny_dir, e2e_dir, tmp_path):
