@@ -166,7 +166,7 @@ def setup_torch(threads: int) -> None:
 
 def load(seed: int = 0):
     import torch
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     model, tok = load_model(MODEL)
     torch.manual_seed(seed)

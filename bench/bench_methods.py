@@ -313,7 +313,7 @@ def run_classifier(method: str, setting: dict[str, Any], train: Encoded, evalset
                    batch: int, tok: Any) -> dict[str, Any]:
     """Build ``method`` on a fresh frozen MiniLM, train ``steps`` batches, evaluate on ``evalset``."""
     import prefixtune as pt
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     seed_all()
     model, _ = load_model("minilm-l6", task="base")
@@ -402,7 +402,7 @@ def sweep_grid(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
 
 
 def classification(args: argparse.Namespace, task: str) -> dict[str, Any]:
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     torch.set_num_threads(args.threads)
     _, tok = load_model("minilm-l6", task="base")
@@ -527,7 +527,7 @@ def classification_md(r: dict[str, Any], header: str) -> str:
 
 def e2e(args: argparse.Namespace) -> dict[str, Any]:
     import prefixtune as pt
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     torch.set_num_threads(args.threads)
     train_rows = read_e2e(args.data / "e2e" / "train.csv")

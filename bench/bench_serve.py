@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_adapters(model_name: str, where: Path, count: int) -> dict[str, Path]:
     import prefixtune as pt
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     model, _ = load_model(model_name)
     out = {}
@@ -86,8 +86,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_serve.json")
     args = p.parse_args()
     torch.set_num_threads(2)
-    from prefixtune.bank import AdapterBank
-    from prefixtune.bundled import load_model
+    from prefixtune.runtime.bank import AdapterBank
+    from prefixtune.bundled.models import load_model
 
     new_tokens, n_req, rounds = (8, 8, 1) if args.quick else (64, args.requests, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:

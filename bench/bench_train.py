@@ -75,7 +75,7 @@ def worker_prefixtune(spec: dict[str, Any]) -> dict[str, Any]:
     peak = maxrss_kib()  # before anything else is loaded in this process
     from transformers import AutoTokenizer
 
-    from prefixtune.bundled import resolve
+    from prefixtune.bundled.models import resolve
     from prefixtune.data.batching import length_grouped_batches
 
     tok = AutoTokenizer.from_pretrained(resolve(spec["model"]))
@@ -97,7 +97,7 @@ def worker_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
     from peft import PrefixTuningConfig, TaskType, get_peft_model
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     torch.manual_seed(spec["seed"])
     base, tok = load_model(spec["model"])

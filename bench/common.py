@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefixtune.markdown import replace_section  # noqa: F401  (re-exported for the bench scripts)
+from prefixtune.compare.markdown import replace_section  # noqa: F401  (re-exported for the bench scripts)
 from prefixtune.train.memory import reset_peak_rss  # noqa: F401  (re-exported)
 from prefixtune.train.memory import status_kib as _status_kib
 

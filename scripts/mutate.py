@@ -43,17 +43,17 @@ EQUIVALENTS = ROOT / "scripts" / "mutation_equivalents.toml"
 
 #: module name -> file, the parts of the core whose tests must catch real bugs
 MODULES = {
-    "attention": "attention.py",          # the kernel
-    "hf": "hf.py",                        # the boundary
-    "batch": "batch.py",                  # per-row prefix resolution
-    "prefix": "prefix.py",                # prefix parts and folding
-    "prompt": "prompt.py",                # prompt parts, insertion and folding
-    "model": "model.py",                  # PrefixModel forward/generate
-    "checkpoint": "checkpoint.py",        # adapter I/O
+    "attention": "core/attention.py",          # the kernel
+    "hf": "hf/boundary.py",                        # the boundary
+    "batch": "core/batch.py",                  # per-row prefix resolution
+    "prefix": "core/prefix.py",                # prefix parts and folding
+    "prompt": "core/prompt.py",                # prompt parts, insertion and folding
+    "model": "runtime/model.py",                  # PrefixModel forward/generate
+    "checkpoint": "io/checkpoint.py",        # adapter I/O
     "data.batching": "data/batching.py",  # encoding, length-grouped batches, collation
     "train.loop": "train/loop.py",        # the training step
     "train.state": "train/state.py",      # resume state
-    "metrics": "metrics.py",
+    "metrics": "evaluation/metrics.py",
     "serve.engine": "serve/engine.py",    # the serving engine's row bookkeeping
 }
 

@@ -65,7 +65,7 @@ def oracle_copy(prefix_model):
 
     Returns the copy; its modules are registered in ``ORACLE_PREFIX``.
     """
-    from prefixtune.hf import describe
+    from prefixtune.hf.boundary import describe
 
     base = copy.deepcopy(prefix_model.base_model)
     for hook in list(base._forward_pre_hooks):

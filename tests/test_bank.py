@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.bank import AdapterBank, UnknownAdapterError
+from prefixtune.runtime.bank import AdapterBank, UnknownAdapterError
 from tiny import pad_token, tiny_model, token_ids
 
 

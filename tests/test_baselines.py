@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from prefixtune.baselines import BaselineModel, FullConfig, LoraConfig, load_baseline
-from prefixtune.checkpoint import CheckpointError
-from prefixtune.config import ConfigError
+from prefixtune.train.baselines import BaselineModel, FullConfig, LoraConfig, load_baseline
+from prefixtune.io.checkpoint import CheckpointError
+from prefixtune.core.config import ConfigError
 from tiny import pad_token, tiny_model, token_ids
 
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import yaml
 
-from prefixtune.cli import main
+from prefixtune.cli.main import main
 from prefixtune.compare import CompareConfig
-from prefixtune.config import ConfigError
+from prefixtune.core.config import ConfigError
 from test_train import e2e_dir, sentiment_dir, tiny_bert_dir, tiny_dir  # noqa: F401  (fixtures)
 
 

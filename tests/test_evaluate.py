@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prefixtune.data.tasks import Example, Task, TaskSpec
-from prefixtune.train import evaluate as ev
+from prefixtune.evaluation import evaluate as ev
 
 
 NO_TOKENIZER = SimpleNamespace(eos_token_id=0, pad_token_id=0)  # generation is stubbed out

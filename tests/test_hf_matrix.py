@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.batch import PrefixBatch
+from prefixtune.core.batch import PrefixBatch
 from oracle import oracle_copy
 from tiny import DECODERS, ENCODERS, FAMILIES, SEQ2SEQ, pad_token, tiny_model, token_ids
 
@@ -117,7 +117,7 @@ def test_rows_with_different_prefixes_equal_each_alone(family):
     model = tiny_model(family)
     a = pt.wrap(model, pt.PrefixConfig(prefix_length=3, reparameterization="direct", init_std=1.0)).eval()
     stack_b = pt.PrefixConfig(prefix_length=5, reparameterization="direct", init_std=1.0)
-    from prefixtune.prefix import PrefixStack
+    from prefixtune.core.prefix import PrefixStack
     b_stack = PrefixStack.create(a.layout, stack_b)
     inj = a.injection
     ids = token_ids(family, 3, 6)
@@ -212,7 +212,7 @@ def test_head_dim_other_than_hidden_over_heads():
 def test_unmasked_causal_call_with_more_keys_than_queries_is_causal_from_the_first_key():
     """transformers omits the mask for a pre-allocated cache whose tail is unused: queries ``0..q-1``
     against keys ``0..k-1`` must then see keys ``<= i`` (not aligned to the last key)."""
-    from prefixtune.hf import _attention
+    from prefixtune.hf.boundary import _attention
     from test_attention import reference
 
     module = torch.nn.Module()

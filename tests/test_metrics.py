@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from prefixtune.metrics import bleu, cider, classification_scores, generation_scores, nist, rouge_l
+from prefixtune.evaluation.metrics import bleu, cider, classification_scores, generation_scores, nist, rouge_l
 
 
 def test_bleu_perfect_and_multi_reference():
@@ -80,7 +80,7 @@ def test_rouge_l_is_the_mean_over_inputs():
 
 
 def test_meteor_of_exact_matches_by_hand():
-    from prefixtune.metrics import meteor
+    from prefixtune.evaluation.metrics import meteor
 
     one = meteor(["the cat sat"], [["the cat sat"]])
     if one is None:
@@ -104,7 +104,7 @@ def test_cider_d_idf_zeroes_ngrams_every_input_shares():
 
 
 def test_generation_scores_include_meteor_when_it_can_be_computed():
-    from prefixtune.metrics import meteor
+    from prefixtune.evaluation.metrics import meteor
 
     text = "the cat sat on the mat"
     out = generation_scores([text], [[text]])

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.prefix import DirectPrefix, PrefixStack
+from prefixtune.core.prefix import DirectPrefix, PrefixStack
 from tiny import tiny_model, token_ids
 
 peft = pytest.importorskip("peft")

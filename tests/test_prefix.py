@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.layout import LocationShape, ModelLayout
-from prefixtune.prefix import DirectPrefix, MLPPrefix, PrefixStack
+from prefixtune.core.layout import LocationShape, ModelLayout
+from prefixtune.core.prefix import DirectPrefix, MLPPrefix, PrefixStack
 from tiny import tiny_model, token_ids
 
 

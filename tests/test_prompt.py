@@ -215,7 +215,7 @@ def _linear(layer, x):
 def test_prompt_encoders_follow_their_formulas(encoder):
     """P-tuning's encoders: MLP ``L3·relu(L2·relu(L1·e))``; LSTM ``L2·relu(L1·biLSTM(e))``
     (torch's LSTM is the reference for the recurrent part)."""
-    from prefixtune.prompt import PromptEmbedding
+    from prefixtune.core.prompt import PromptEmbedding
 
     emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6), 5).eval()
     with torch.no_grad():
@@ -234,7 +234,7 @@ def test_prompt_encoders_follow_their_formulas(encoder):
 
 @pytest.mark.parametrize("encoder", ["none", "lstm"])
 def test_prompt_fold_in_training_mode_drops_dropout(encoder):
-    from prefixtune.prompt import PromptEmbedding
+    from prefixtune.core.prompt import PromptEmbedding
 
     emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6,
                                           dropout=0.5), 5)
@@ -248,7 +248,7 @@ def test_prompt_fold_in_training_mode_drops_dropout(encoder):
 def test_lstm_encoder_runs_over_the_prompt_as_one_sequence():
     """P-tuning's encoder is a 2-layer bidirectional LSTM over the ``l`` prompt positions: every output
     position depends on every input position (in both directions)."""
-    from prefixtune.prompt import PromptEmbedding
+    from prefixtune.core.prompt import PromptEmbedding
 
     emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder="lstm", encoder_hidden_size=6), 5).eval()
     assert (emb.lstm.num_layers, emb.lstm.bidirectional, emb.lstm.hidden_size) == (2, True, 3)
@@ -264,7 +264,7 @@ def test_lstm_encoder_runs_over_the_prompt_as_one_sequence():
 
 
 def test_random_init_is_uniform_in_the_range_and_encoders_are_not_folded():
-    from prefixtune.prompt import PromptEmbedding
+    from prefixtune.core.prompt import PromptEmbedding
 
     emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=50, init_range=0.5), 40)
     x = emb.embedding.detach()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.heads import pool
+from prefixtune.core.heads import pool
 from tiny import DECODERS, ENCODERS, pad_token, tiny_model, token_ids
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.bundled import load_model
+from prefixtune.bundled.models import load_model
 
 pytestmark = pytest.mark.real
 

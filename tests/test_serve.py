@@ -10,8 +10,8 @@ import torch
 import transformers as T
 
 import prefixtune as pt
-from prefixtune.bank import AdapterBank
-from prefixtune.bundled import resolve
+from prefixtune.runtime.bank import AdapterBank
+from prefixtune.bundled.models import resolve
 from prefixtune.serve.app import ServerSettings, create_app
 from prefixtune.serve.engine import BatchingEngine, EngineSettings
 from prefixtune.serve.thread import ServerThread

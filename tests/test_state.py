@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.checkpoint import CheckpointError
+from prefixtune.io.checkpoint import CheckpointError
 from prefixtune.train.state import latest_valid, load_state, save_state, verify
 from tiny import tiny_model, token_ids
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 import transformers as T
 
-from prefixtune.bundled import resolve
-from prefixtune.checkpoint import load_parts
-from prefixtune.hf import describe
+from prefixtune.bundled.models import resolve
+from prefixtune.io.checkpoint import load_parts
+from prefixtune.hf.boundary import describe
 from prefixtune.train.config import TrainConfig
 from prefixtune.train.loop import train
 
@@ -88,7 +88,7 @@ def test_training_run_writes_everything(tiny_dir, e2e_dir, tmp_path):
     # best/ holds the adapter that scored it, adapter/ the final one: re-scored from disk they agree
     import prefixtune as pt
     from prefixtune.data.tasks import load_task
-    from prefixtune.train.evaluate import evaluate
+    from prefixtune.evaluation.evaluate import evaluate
     from prefixtune.train.loop import task_spec
 
     cfg = config(tiny_dir, e2e_dir, run)
@@ -240,7 +240,7 @@ def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
 
 
 def baseline_state(run: Path, tiny_dir) -> dict:
-    from prefixtune.baselines import load_baseline
+    from prefixtune.train.baselines import load_baseline
 
     bm = load_baseline(T.AutoModelForCausalLM.from_pretrained(tiny_dir), run / "adapter")
     return bm.trainable_state_dict()
@@ -324,7 +324,7 @@ def test_classification_methods_learn_an_easy_task(tiny_bert_dir, sentiment_dir,
 def test_trimmed_logits_give_the_same_loss(tiny_dir, method):
     """The LM head on the target positions only (logits_to_keep) == the head on every position."""
     import prefixtune as pt
-    from prefixtune.baselines import BaselineModel, FullConfig, LoraConfig
+    from prefixtune.train.baselines import BaselineModel, FullConfig, LoraConfig
     from prefixtune.data.batching import Encoded, collate
     from prefixtune.train.loop import _accepts_logits_to_keep, batch_loss
 
@@ -444,7 +444,7 @@ def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tm
     """Evaluation scores scripted 50, 60, 55, 58 at steps 2, 4, 6, 8: the best stays step 4's, two
     evaluations without improvement stop the run at step 8 (patience 2), and the final evaluation (59)
     does not replace the best."""
-    import prefixtune.train.evaluate as ev
+    import prefixtune.evaluation.evaluate as ev
 
     scripted = iter([50.0, 60.0, 55.0, 58.0, 59.0, 57.0])  # the last for the rerun's re-scoring
     monkeypatch.setattr(ev, "evaluate", lambda *a, **k: ({"loss": 1.0, "bleu": next(scripted)}, []))

@@ -1,16 +1,16 @@
 """prefixtune: prefix tuning, prompt tuning and P-tuning v2 for Hugging Face transformers."""
 
-from .attention import PrefixAttention, prefix_attention
-from .batch import PrefixBatch
-from .checkpoint import CheckpointError, load
-from .config import ConfigError, PrefixConfig
-from .hf import SUPPORTED_FAMILIES, UnsupportedModelError
-from .layout import ShapeMismatchError
-from .model import PrefixModel, wrap
-from .params import ParameterCount, count_parameters
-from .peft_interop import from_peft
-from .prompt import PromptConfig
-from .ptuning_v2 import PTuningV2Config
+from prefixtune.core.attention import PrefixAttention, prefix_attention
+from prefixtune.core.batch import PrefixBatch
+from prefixtune.io.checkpoint import CheckpointError, load
+from prefixtune.core.config import ConfigError, PrefixConfig
+from prefixtune.hf.boundary import SUPPORTED_FAMILIES, UnsupportedModelError
+from prefixtune.core.layout import ShapeMismatchError
+from prefixtune.runtime.model import PrefixModel, wrap
+from prefixtune.methods.params import ParameterCount, count_parameters
+from prefixtune.io.peft import from_peft
+from prefixtune.core.prompt import PromptConfig
+from prefixtune.methods.ptuning_v2 import PTuningV2Config
 
 __all__ = [
     "CheckpointError", "ConfigError", "ParameterCount", "PrefixAttention", "PrefixBatch", "PrefixConfig",

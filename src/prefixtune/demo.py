@@ -54,7 +54,7 @@ def run(cfg: DemoConfig) -> dict:
     from tqdm.auto import tqdm
 
     import prefixtune as pt
-    from prefixtune.bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)

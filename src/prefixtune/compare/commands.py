@@ -6,9 +6,9 @@ import shlex
 import sys
 from typing import Any
 
-from .config import CompareConfig
-from .report import write_report
-from .runner import is_finished, run_comparison
+from prefixtune.compare.config import CompareConfig
+from prefixtune.compare.report import write_report
+from prefixtune.compare.runner import is_finished, run_comparison
 
 
 def run_compare(args: Any, argv: list[str] | None = None) -> int:

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
-from ..train.config import TrainConfig, read_mapping
+from prefixtune.core.config import ConfigError
+from prefixtune.train.config import TrainConfig, read_mapping
 
 _TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 

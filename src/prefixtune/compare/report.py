@@ -9,8 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .config import CompareConfig, RunSpec, sweep_keys
-from .runner import is_finished, run_dir
+from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
+from prefixtune.compare.runner import is_finished, run_dir
 
 GENERATION_EXTRA = ("nist", "rouge_l", "cider", "meteor")
 CLASSIFICATION_EXTRA = ("f1",)
@@ -82,7 +82,7 @@ def _group(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any
 
 def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") -> tuple[str, dict[str, Any]]:
     """``(markdown, data)``; plots are written to ``plots_dir`` and linked as ``image_prefix + file``."""
-    from ..train.loop import task_spec
+    from prefixtune.train.loop import task_spec
 
     specs = cfg.runs()
     rows = [r for r in (collect(s) for s in specs) if r is not None]
@@ -308,7 +308,7 @@ def write_report(cfg: CompareConfig, publish: str | Path | None = None, command:
         images = doc.parent / doc.stem
         images.mkdir(parents=True, exist_ok=True)
         text, _ = build_report(cfg, images, image_prefix=f"{images.name}/")
-        from ..markdown import replace_section
+        from prefixtune.compare.markdown import replace_section
 
         replace_section(doc, f"compare-{cfg.name}", header + text, "# Comparison of methods")
     return out / "report.md"

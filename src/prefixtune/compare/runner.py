@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import CompareConfig, RunSpec
+from prefixtune.compare.config import CompareConfig, RunSpec
 
 
 class CompareError(ValueError):

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .tasks import Example
+from prefixtune.data.tasks import Example
 
 
 @dataclass

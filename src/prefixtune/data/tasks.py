@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .sources import DataError, read_records
+from prefixtune.data.sources import DataError, read_records
 
 KINDS = ("generation", "classification")
 

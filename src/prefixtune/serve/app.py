@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..bank import UnknownAdapterError
-from .engine import BatchingEngine, Overloaded, Request, ShuttingDown
+from prefixtune.runtime.bank import UnknownAdapterError
+from prefixtune.serve.engine import BatchingEngine, Overloaded, Request, ShuttingDown
 
 
 @dataclass

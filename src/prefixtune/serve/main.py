@@ -10,10 +10,10 @@ def serve_from_args(args: Any) -> None:
         import uvicorn
     except ImportError:  # pragma: no cover
         raise ValueError("serving needs the serve extra: pip install 'prefixtune[serve]'") from None
-    from ..bank import AdapterBank
-    from ..bundled import load_model
-    from .app import ServerSettings, create_app
-    from .engine import BatchingEngine, EngineSettings
+    from prefixtune.runtime.bank import AdapterBank
+    from prefixtune.bundled.models import load_model
+    from prefixtune.serve.app import ServerSettings, create_app
+    from prefixtune.serve.engine import BatchingEngine, EngineSettings
 
     adapters = []
     for spec in args.adapter:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
+from prefixtune.train.config import TrainConfig
 
 
 def _parse_value(text: str) -> Any:
@@ -57,7 +57,7 @@ def train_config(args: Any) -> TrainConfig:
 
 
 def run_train(args: Any) -> None:
-    from .loop import train
+    from prefixtune.train.loop import train
 
     cfg = train_config(args)
     result = train(cfg, resume=not args.no_resume)
@@ -72,9 +72,9 @@ def run_train(args: Any) -> None:
 def _load_run(run: Path, which: str) -> tuple[TrainConfig, Any, Any]:
     import prefixtune as pt
 
-    from ..baselines import BASELINE_CONFIGS, load_baseline
-    from ..bundled import load_model
-    from .loop import model_task, task_spec
+    from prefixtune.train.baselines import BASELINE_CONFIGS, load_baseline
+    from prefixtune.bundled.models import load_model
+    from prefixtune.train.loop import model_task, task_spec
 
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
@@ -93,10 +93,10 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
     """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``."""
     import time
 
-    from ..checkpoint import atomic_write
-    from ..data.tasks import load_task
-    from .evaluate import evaluate
-    from .loop import task_spec
+    from prefixtune.io.checkpoint import atomic_write
+    from prefixtune.data.tasks import load_task
+    from prefixtune.evaluation.evaluate import evaluate
+    from prefixtune.train.loop import task_spec
 
     cfg, model, tok = _load_run(run, adapter)
     task = load_task(task_spec(cfg), split, data=cfg.data)
@@ -119,7 +119,7 @@ def run_eval(args: Any) -> None:
 
 
 def run_generate(args: Any) -> None:
-    from .evaluate import generate_texts
+    from prefixtune.evaluation.evaluate import generate_texts
 
     cfg, model, tok = _load_run(Path(args.run), args.adapter)
     texts = [t.encode().decode("unicode_escape") for t in args.input]

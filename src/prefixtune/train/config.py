@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from prefixtune.core.config import ConfigError
 
 METHODS = ("prefix", "prompt", "ptuning_v2", "lora", "full")
 

@@ -19,12 +19,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import atomic_write
-from ..data.batching import collate, encode, length_grouped_batches
-from ..data.tasks import BUILTINS, TaskSpec, load_task
-from .config import TrainConfig
-from .memory import PeakMemory
-from .state import latest_valid, load_state, save_state
+from prefixtune.io.checkpoint import atomic_write
+from prefixtune.data.batching import collate, encode, length_grouped_batches
+from prefixtune.data.tasks import BUILTINS, TaskSpec, load_task
+from prefixtune.train.config import TrainConfig
+from prefixtune.train.memory import PeakMemory
+from prefixtune.train.state import latest_valid, load_state, save_state
 
 
 def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: str,
@@ -62,7 +62,7 @@ def task_spec(cfg: TrainConfig) -> TaskSpec:
         cols = () if cfg.template else (cfg.input_column or "text",)
         return TaskSpec(cfg.task, "classification", template=template, label_column=cfg.label_column, text_columns=cols)
     if not (cfg.input_column or cfg.template) or not cfg.target_column:
-        from ..data.sources import DataError
+        from prefixtune.data.sources import DataError
 
         raise DataError(f"task {cfg.task!r} is not built in: give --input-column (or --template) and "
                         "--target-column for generation, or --label-column for classification")
@@ -75,8 +75,8 @@ CLASSIFICATION_METHODS = ("ptuning_v2", "prompt", "lora", "full")
 
 def method_config(cfg: TrainConfig, kind: str, num_labels: int = 2) -> Any:
     """The method's config from ``cfg.adapter``; classification methods get ``num_labels``."""
-    from ..baselines import BASELINE_CONFIGS
-    from ..methods import CONFIGS
+    from prefixtune.train.baselines import BASELINE_CONFIGS
+    from prefixtune.methods import CONFIGS
 
     options = dict(cfg.adapter)
     if kind == "classification":
@@ -96,7 +96,7 @@ def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: in
     """The trainable model: a prefixtune adapter or a baseline (LoRA, full fine-tuning)."""
     import prefixtune as pt
 
-    from ..baselines import BASELINE_CONFIGS, BaselineModel
+    from prefixtune.train.baselines import BASELINE_CONFIGS, BaselineModel
 
     config = method_config(cfg, kind, num_labels)
     if cfg.method in BASELINE_CONFIGS:
@@ -105,7 +105,7 @@ def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: in
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    from ..hf import accepts_logits_to_keep
+    from prefixtune.hf.boundary import accepts_logits_to_keep
 
     inner = getattr(model, "net", None) if hasattr(model, "net") else getattr(model, "base_model", model)
     return accepts_logits_to_keep(inner)
@@ -131,7 +131,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from ..bundled import load_model
+    from prefixtune.bundled.models import load_model
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
@@ -191,7 +191,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
 
     def run_eval(step: int) -> dict[str, float]:
         nonlocal eval_task
-        from .evaluate import evaluate
+        from prefixtune.evaluation.evaluate import evaluate
 
         if eval_task is None:
             eval_task = load_task(spec, cfg.eval_split, data=cfg.data)
@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         if progress["best"] is None or scores[metric] >= progress["best"]:
             progress.update(best=scores[metric], best_step=current)
             pm.save_pretrained(out / "best")
-        from .plots import plot_run
+        from prefixtune.train.plots import plot_run
 
         plot_run(metrics_file, out, metric)
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],

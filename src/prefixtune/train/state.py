@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..checkpoint import CheckpointError, atomic_write
+from prefixtune.io.checkpoint import CheckpointError, atomic_write
 
 STATE = "state.json"
 
@@ -89,7 +89,7 @@ def verify(path: Path) -> dict[str, Any]:
         file = path / name
         if not file.is_file() or _sha(file.read_bytes()) != digest:
             raise CheckpointError(f"{file}: missing or corrupt")
-    from ..checkpoint import read_manifest, read_tensors
+    from prefixtune.io.checkpoint import read_manifest, read_tensors
 
     manifest = read_manifest(path / "adapter")
     for name in manifest["files"]:

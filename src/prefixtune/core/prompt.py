@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, ConfigIO
+from prefixtune.core.config import ConfigError, ConfigIO
 
 INITS = ("random", "vocab", "text", "labels")
 ENCODERS = ("none", "mlp", "lstm")
@@ -71,7 +71,7 @@ class PromptConfig(ConfigIO):
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.num_labels is not None and (not isinstance(self.num_labels, int) or self.num_labels < 1):
             raise ConfigError(f"num_labels must be a positive integer or None, got {self.num_labels!r}")
-        from .heads import POOLINGS
+        from prefixtune.core.heads import POOLINGS
 
         if self.pooling not in POOLINGS:
             raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")

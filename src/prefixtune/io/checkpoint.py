@@ -26,10 +26,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .layout import ModelLayout, ShapeMismatchError
-from .methods import MethodConfig, Parts, build_parts, config_from_dict
-from .prefix import DirectPrefix, PrefixStack
-from .prompt import PromptEmbedding
+from prefixtune.core.layout import ModelLayout, ShapeMismatchError
+from prefixtune.methods import MethodConfig, Parts, build_parts, config_from_dict
+from prefixtune.core.prefix import DirectPrefix, PrefixStack
+from prefixtune.core.prompt import PromptEmbedding
 
 CONFIG_NAME = "prefixtune_config.json"
 ADAPTER_NAME = "adapter.safetensors"
@@ -229,8 +229,8 @@ def load(model: Any, path: str | os.PathLike, folded: bool = False) -> Any:
         CheckpointError: missing/corrupt files, unknown method or version.
         ShapeMismatchError: the adapter was made for a model of another shape.
     """
-    from .hf import describe
-    from .model import PrefixModel
+    from prefixtune.hf.boundary import describe
+    from prefixtune.runtime.model import PrefixModel
 
     layout, _ = describe(model)
     config, parts = load_parts(path, layout, folded=folded)

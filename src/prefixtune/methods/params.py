@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import PrefixConfig
-from .layout import ModelLayout
-from .prefix import prefixed_layers
+from prefixtune.core.config import PrefixConfig
+from prefixtune.core.layout import ModelLayout
+from prefixtune.core.prefix import prefixed_layers
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ def count_parameters(model: object, config: object | None = None) -> ParameterCo
         model: a :class:`~prefixtune.PrefixModel`, or a plain transformers model together
             with ``config`` (to plan before wrapping anything).
     """
-    from .hf import describe
-    from .methods import build_parts
+    from prefixtune.hf.boundary import describe
+    from prefixtune.methods import build_parts
 
     if hasattr(model, "count_parameters") and config is None:
         return model.count_parameters()

@@ -32,9 +32,9 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .attention import prefix_attention
-from .batch import PrefixBatch, Slot
-from .layout import LocationShape, ModelLayout
+from prefixtune.core.attention import prefix_attention
+from prefixtune.core.batch import PrefixBatch, Slot
+from prefixtune.core.layout import LocationShape, ModelLayout
 
 ATTN_NAME = "prefixtune"
 PREFIX_KWARG = "prefixtune_prefix"

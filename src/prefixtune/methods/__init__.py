@@ -12,12 +12,12 @@ from typing import Any, Union
 
 from torch import nn
 
-from .config import ConfigError, PrefixConfig
-from .heads import SequenceClassificationHead, TokenClassificationHead
-from .layout import ModelLayout
-from .prefix import PrefixStack
-from .prompt import PromptConfig, PromptEmbedding
-from .ptuning_v2 import PTuningV2Config
+from prefixtune.core.config import ConfigError, PrefixConfig
+from prefixtune.core.heads import SequenceClassificationHead, TokenClassificationHead
+from prefixtune.core.layout import ModelLayout
+from prefixtune.core.prefix import PrefixStack
+from prefixtune.core.prompt import PromptConfig, PromptEmbedding
+from prefixtune.methods.ptuning_v2 import PTuningV2Config
 
 MethodConfig = Union[PrefixConfig, PromptConfig, PTuningV2Config]
 CONFIGS: dict[str, type] = {"prefix": PrefixConfig, "prompt": PromptConfig, "ptuning_v2": PTuningV2Config}

@@ -18,8 +18,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import PrefixConfig
-    from .demo import DemoConfig
+    from prefixtune.core.config import PrefixConfig
+    from prefixtune.demo import DemoConfig
 
     parser = argparse.ArgumentParser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
     serve.add_argument("--max-prompt-tokens", type=int, default=2048)
     serve.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
-    from .train.commands import add_train_options
+    from prefixtune.train.commands import add_train_options
 
     train = sub.add_parser("train", help="train an adapter on a task; resumes a run directory's last checkpoint")
     add_train_options(train)
@@ -83,36 +83,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
-            from .demo import run
+            from prefixtune.demo import run
 
             values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}
             run(DemoConfig(**values))
         elif args.command == "params":
-            from .bundled import load_model
-            from .params import count_parameters
+            from prefixtune.bundled.models import load_model
+            from prefixtune.methods.params import count_parameters
 
             cfg = PrefixConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrefixConfig)
                                   if f.init and f.name not in ("locations", "exclude_layers")})
             model, _ = load_model(args.model, task=args.task)
             print(count_parameters(model, cfg))
         elif args.command == "train":
-            from .train.commands import run_train
+            from prefixtune.train.commands import run_train
 
             run_train(args)
         elif args.command == "eval":
-            from .train.commands import run_eval
+            from prefixtune.train.commands import run_eval
 
             run_eval(args)
         elif args.command == "generate":
-            from .train.commands import run_generate
+            from prefixtune.train.commands import run_generate
 
             run_generate(args)
         elif args.command == "compare":
-            from .compare.commands import run_compare
+            from prefixtune.compare.commands import run_compare
 
             return run_compare(args, argv)
         elif args.command == "serve":
-            from .serve.main import serve_from_args
+            from prefixtune.serve.main import serve_from_args
 
             serve_from_args(args)
     except (ValueError, FileNotFoundError) as e:

@@ -12,12 +12,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batch import PrefixBatch
-from .hf import Injection
-from .layout import ModelLayout
-from .methods import MethodConfig, Parts, build_parts, prefix_config_of
-from .params import ParameterCount, count_parts
-from .prompt import insert_prompt, prepend_ids
+from prefixtune.core.batch import PrefixBatch
+from prefixtune.hf.boundary import Injection
+from prefixtune.core.layout import ModelLayout
+from prefixtune.methods import MethodConfig, Parts, build_parts, prefix_config_of
+from prefixtune.methods.params import ParameterCount, count_parts
+from prefixtune.core.prompt import insert_prompt, prepend_ids
 
 
 class PrefixModel(nn.Module):
@@ -52,7 +52,7 @@ class PrefixModel(nn.Module):
         self.init_errors: dict[str, float] = {}
         prefix_cfg = prefix_config_of(config)
         if fresh and self.prefix is not None and prefix_cfg.init != "random":
-            from .prefix_init import initialize_from_activations
+            from prefixtune.runtime.init import initialize_from_activations
 
             self.init_errors = initialize_from_activations(self, prefix_cfg, tokenizer)
 
@@ -189,14 +189,14 @@ class PrefixModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
         """Write the adapter to ``path`` (see :mod:`prefixtune.checkpoint`)."""
-        from .checkpoint import save_adapter
+        from prefixtune.io.checkpoint import save_adapter
 
         save_adapter(self, path, base_model_name=base_model_name)
 
     def load_trainable(self, path: str | os.PathLike) -> None:
         """Load the trainable state saved by :meth:`save_pretrained` into this model's own parts
         (resuming training keeps the live modules the optimizer holds)."""
-        from .checkpoint import CheckpointError, load_parts
+        from prefixtune.io.checkpoint import CheckpointError, load_parts
 
         _, parts = load_parts(path, self.layout)
         for name in ("prefix", "prompt", "head"):
@@ -208,7 +208,7 @@ class PrefixModel(nn.Module):
 
     def save_peft(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
         """Write the adapter in PEFT's format (see :mod:`prefixtune.peft_interop`)."""
-        from .peft_interop import save_peft
+        from prefixtune.io.peft import save_peft
 
         save_peft(self, path, base_model_name=base_model_name)
 
@@ -225,6 +225,6 @@ def wrap(model: nn.Module, config: MethodConfig | None = None, tokenizer: Any = 
         config: :class:`PrefixConfig` (default), :class:`PromptConfig` or :class:`PTuningV2Config`.
         tokenizer: the model's tokenizer, for inits from text or label words.
     """
-    from .config import PrefixConfig
+    from prefixtune.core.config import PrefixConfig
 
     return PrefixModel(model, config or PrefixConfig(), tokenizer=tokenizer)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import ConfigError, ConfigIO, PrefixConfig
+from prefixtune.core.config import ConfigError, ConfigIO, PrefixConfig
 
 TASKS = ("sequence-classification", "token-classification")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import PrefixConfig
-from .layout import LocationShape, ModelLayout
+from prefixtune.core.config import PrefixConfig
+from prefixtune.core.layout import LocationShape, ModelLayout
 
 
 class MLPPrefix(nn.Module):

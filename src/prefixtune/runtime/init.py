@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from .batch import PrefixBatch
-from .config import ConfigError, PrefixConfig
-from .prefix import DirectPrefix, MLPPrefix
+from prefixtune.core.batch import PrefixBatch
+from prefixtune.core.config import ConfigError, PrefixConfig
+from prefixtune.core.prefix import DirectPrefix, MLPPrefix
 
 
 def init_token_ids(config: PrefixConfig, tokenizer: Any, vocab_size: int,

@@ -18,13 +18,13 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .checkpoint import CheckpointError, atomic_write
-from .config import PrefixConfig
-from .hf import describe
-from .layout import ShapeMismatchError
-from .methods import Parts
-from .prefix import DirectPrefix, PrefixStack
-from .prompt import PromptConfig, PromptEmbedding
+from prefixtune.io.checkpoint import CheckpointError, atomic_write
+from prefixtune.core.config import PrefixConfig
+from prefixtune.hf.boundary import describe
+from prefixtune.core.layout import ShapeMismatchError
+from prefixtune.methods import Parts
+from prefixtune.core.prefix import DirectPrefix, PrefixStack
+from prefixtune.core.prompt import PromptConfig, PromptEmbedding
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -65,7 +65,7 @@ def from_peft(model: Any, path: str | os.PathLike) -> Any:
         CheckpointError: not a PEFT adapter, unsupported type, missing tensor, corrupt file.
         ShapeMismatchError: the adapter was made for a model of another shape.
     """
-    from .model import PrefixModel
+    from prefixtune.runtime.model import PrefixModel
 
     path = Path(path)
     cfg, tensors = _read(path)
@@ -113,7 +113,7 @@ def save_peft(model: Any, path: str | os.PathLike, base_model_name: str | None =
         ValueError: the adapter has something PEFT's format cannot hold (a head, gates, excluded
             layers, prefixes outside decoder/encoder self-attention, natural positions).
     """
-    from .checkpoint import inference_tensors
+    from prefixtune.io.checkpoint import inference_tensors
 
     path = Path(path)
     parts: Parts = model.parts

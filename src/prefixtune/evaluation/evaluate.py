@@ -6,9 +6,9 @@ from typing import Any, Sequence
 
 import torch
 
-from ..data.batching import collate, encode
-from ..data.tasks import Task
-from ..metrics import classification_scores, generation_scores
+from prefixtune.data.batching import collate, encode
+from prefixtune.data.tasks import Task
+from prefixtune.evaluation.metrics import classification_scores, generation_scores
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int
     """Scores and per-input predictions of ``model`` on ``task``: the loss (mean over target tokens
     of every input-reference pair; skipped for generation tasks when ``with_loss`` is False),
     plus BLEU & co. (generation) or accuracy and F1 (classification)."""
-    from .loop import batch_loss
+    from prefixtune.train.loop import batch_loss
 
     model.eval()
     kind = task.spec.kind

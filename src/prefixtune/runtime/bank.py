@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .batch import PrefixBatch
-from .checkpoint import load_parts
-from .hf import Injection
-from .methods import MethodConfig, Parts
-from .prompt import insert_prompt, prepend_ids
+from prefixtune.core.batch import PrefixBatch
+from prefixtune.io.checkpoint import load_parts
+from prefixtune.hf.boundary import Injection
+from prefixtune.methods import MethodConfig, Parts
+from prefixtune.core.prompt import insert_prompt, prepend_ids
 
 
 class UnknownAdapterError(KeyError):

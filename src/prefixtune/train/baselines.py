@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ConfigError, ConfigIO
-from .heads import POOLINGS, SequenceClassificationHead
-from .params import ParameterCount
+from prefixtune.core.config import ConfigError, ConfigIO
+from prefixtune.core.heads import POOLINGS, SequenceClassificationHead
+from prefixtune.methods.params import ParameterCount
 
 
 @dataclass
@@ -164,7 +164,7 @@ class BaselineModel(nn.Module):
         """``trainable.safetensors`` + ``prefixtune_config.json`` (checksummed, atomic)."""
         from safetensors.torch import save as st_save
 
-        from .checkpoint import CONFIG_NAME, FORMAT_VERSION, TRAINABLE_NAME, _sha256, atomic_write
+        from prefixtune.io.checkpoint import CONFIG_NAME, FORMAT_VERSION, TRAINABLE_NAME, _sha256, atomic_write
 
         path = Path(path)
         blob = st_save(self.trainable_state_dict())
@@ -177,7 +177,7 @@ class BaselineModel(nn.Module):
 
     def load_trainable(self, path: str | os.PathLike) -> None:
         """Load tensors saved by :meth:`save_pretrained` (checksum verified; names must match)."""
-        from .checkpoint import CheckpointError, TRAINABLE_NAME, read_manifest, read_tensors
+        from prefixtune.io.checkpoint import CheckpointError, TRAINABLE_NAME, read_manifest, read_tensors
 
         path = Path(path)
         manifest = read_manifest(path)
@@ -202,7 +202,7 @@ def wrap_baseline(model: nn.Module, config: LoraConfig | FullConfig) -> Baseline
 
 def load_baseline(model: nn.Module, path: str | os.PathLike) -> BaselineModel:
     """A :class:`BaselineModel` on ``model`` with the tensors saved at ``path``."""
-    from .checkpoint import read_manifest
+    from prefixtune.io.checkpoint import read_manifest
 
     manifest = read_manifest(path)
     method = manifest.get("method")

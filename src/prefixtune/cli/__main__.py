@@ -1,0 +1,5 @@
+"""``python -m prefixtune.cli``."""
+
+from prefixtune.cli.main import main
+
+raise SystemExit(main())
