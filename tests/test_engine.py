@@ -79,11 +79,8 @@ class FakeBank:
 
     device = "cpu"
 
-    def __init__(self, new_tokens, prompts=()):
-        self.new_tokens, self.prompts, self.calls = new_tokens, set(prompts), []
-
-    def has_prompt(self, name):
-        return name in self.prompts
+    def __init__(self, new_tokens):
+        self.new_tokens, self.calls = new_tokens, []
 
     def generate(self, adapters, input_ids, attention_mask, **kwargs):
         import torch

@@ -117,8 +117,8 @@ def test_rows_with_different_prefixes_equal_each_alone(family):
     model = tiny_model(family)
     a = pt.wrap(model, pt.PrefixConfig(prefix_length=3, reparameterization="direct", init_std=1.0)).eval()
     stack_b = pt.PrefixConfig(prefix_length=5, reparameterization="direct", init_std=1.0)
-    from prefixtune.core.prefix import PrefixStack
-    b_stack = PrefixStack.create(a.layout, stack_b)
+    from prefixtune.methods.prefix import build_prefix
+    b_stack = build_prefix(a.layout, stack_b)
     inj = a.injection
     ids = token_ids(family, 3, 6)
     kw = inputs(family, ids)
@@ -127,12 +127,12 @@ def test_rows_with_different_prefixes_equal_each_alone(family):
     rows = [(kv_a, a.prefix.layers), None, (kv_b, b_stack.layers)]
     mixed = PrefixBatch.per_row(rows, inj.modules, device="cpu")
     with inj.active(mixed):
-        got = a.base_model(**inj.inputs(mixed, True, kw)).logits
+        got = a.base_model(**inj.inputs(mixed, kw)).logits
     for i, entry in enumerate(rows):
         one = {k: v[i:i + 1] for k, v in kw.items()}
         single = None if entry is None else PrefixBatch.single(entry[0], entry[1], inj.modules)
         with inj.active(single):
-            want = a.base_model(**inj.inputs(single, True, one)).logits
+            want = a.base_model(**inj.inputs(single, one)).logits
         torch.testing.assert_close(got[i:i + 1], want, atol=2e-5, rtol=1e-4)
 
 

@@ -8,6 +8,7 @@ import torch
 import prefixtune as pt
 from prefixtune.core.layout import LocationShape, ModelLayout
 from prefixtune.core.prefix import DirectPrefix, MLPPrefix, PrefixStack
+from prefixtune.methods.prefix import build_prefix
 from tiny import tiny_model, token_ids
 
 
@@ -51,7 +52,7 @@ def test_fold_in_training_mode_drops_dropout(reparam):
     """A stack folded while training (as the loop saves) holds the eval-mode K/V, not a dropout sample."""
     cfg = pt.PrefixConfig(prefix_length=4, hidden_size=8, dropout=0.4, reparameterization=reparam, init_std=1.0,
                           gate=True)
-    stack = PrefixStack.create(LAYOUT, cfg)
+    stack = build_prefix(LAYOUT, cfg)
     with torch.no_grad():
         stack.gates["decoder_self"].normal_()
         want = stack.eval()()["decoder_self"]
@@ -67,13 +68,13 @@ def test_fold_in_training_mode_drops_dropout(reparam):
 
 def test_prefixed_layers_respect_exclude_layers():
     layout = ModelLayout("llama", 8, (LocationShape("decoder_self", 4, 2, 4),), 0)
-    stack = PrefixStack.create(layout, pt.PrefixConfig(prefix_length=2, hidden_size=8, exclude_layers=(1, 3)))
+    stack = build_prefix(layout, pt.PrefixConfig(prefix_length=2, hidden_size=8, exclude_layers=(1, 3)))
     assert stack.layers == {"decoder_self": (0, 2)}
     assert stack()["decoder_self"].shape == (2, 2, 2, 2, 4)
     with pytest.raises(ValueError, match="out of range"):
-        PrefixStack.create(layout, pt.PrefixConfig(exclude_layers=(4,)))
+        build_prefix(layout, pt.PrefixConfig(exclude_layers=(4,)))
     with pytest.raises(ValueError, match="no layer"):
-        PrefixStack.create(layout, pt.PrefixConfig(exclude_layers=(0, 1, 2, 3)))
+        build_prefix(layout, pt.PrefixConfig(exclude_layers=(0, 1, 2, 3)))
 
 
 def test_model_fold_and_save_in_training_mode_keep_eval_outputs(tmp_path):

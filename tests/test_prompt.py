@@ -215,9 +215,9 @@ def _linear(layer, x):
 def test_prompt_encoders_follow_their_formulas(encoder):
     """P-tuning's encoders: MLP ``L3·relu(L2·relu(L1·e))``; LSTM ``L2·relu(L1·biLSTM(e))``
     (torch's LSTM is the reference for the recurrent part)."""
-    from prefixtune.core.prompt import PromptEmbedding
+    from prefixtune.methods.prompt import prompt_embedding
 
-    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6), 5).eval()
+    emb = prompt_embedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6), 5).eval()
     with torch.no_grad():
         got = emb().double()
         x = emb.embedding.double()
@@ -234,9 +234,9 @@ def test_prompt_encoders_follow_their_formulas(encoder):
 
 @pytest.mark.parametrize("encoder", ["none", "lstm"])
 def test_prompt_fold_in_training_mode_drops_dropout(encoder):
-    from prefixtune.core.prompt import PromptEmbedding
+    from prefixtune.methods.prompt import prompt_embedding
 
-    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6,
+    emb = prompt_embedding(pt.PromptConfig(num_virtual_tokens=4, encoder=encoder, encoder_hidden_size=6,
                                           dropout=0.5), 5)
     with torch.no_grad():
         want = emb.eval()()
@@ -248,9 +248,9 @@ def test_prompt_fold_in_training_mode_drops_dropout(encoder):
 def test_lstm_encoder_runs_over_the_prompt_as_one_sequence():
     """P-tuning's encoder is a 2-layer bidirectional LSTM over the ``l`` prompt positions: every output
     position depends on every input position (in both directions)."""
-    from prefixtune.core.prompt import PromptEmbedding
+    from prefixtune.methods.prompt import prompt_embedding
 
-    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=4, encoder="lstm", encoder_hidden_size=6), 5).eval()
+    emb = prompt_embedding(pt.PromptConfig(num_virtual_tokens=4, encoder="lstm", encoder_hidden_size=6), 5).eval()
     assert (emb.lstm.num_layers, emb.lstm.bidirectional, emb.lstm.hidden_size) == (2, True, 3)
     with torch.no_grad():
         before = emb()
@@ -264,16 +264,16 @@ def test_lstm_encoder_runs_over_the_prompt_as_one_sequence():
 
 
 def test_random_init_is_uniform_in_the_range_and_encoders_are_not_folded():
-    from prefixtune.core.prompt import PromptEmbedding
+    from prefixtune.methods.prompt import prompt_embedding
 
-    emb = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=50, init_range=0.5), 40)
+    emb = prompt_embedding(pt.PromptConfig(num_virtual_tokens=50, init_range=0.5), 40)
     x = emb.embedding.detach()
     assert x.min() < -0.4 and x.max() > 0.4 and x.abs().max() <= 0.5
     assert abs(float(x.std()) - 0.5 / 3 ** 0.5) < 0.02
     for encoder in ("mlp", "lstm"):
-        enc = PromptEmbedding(pt.PromptConfig(num_virtual_tokens=2, encoder=encoder, encoder_hidden_size=4), 6)
+        enc = prompt_embedding(pt.PromptConfig(num_virtual_tokens=2, encoder=encoder, encoder_hidden_size=4), 6)
         assert not enc.is_folded and enc.folded().is_folded
-    assert PromptEmbedding(pt.PromptConfig(num_virtual_tokens=2), 6).is_folded
+    assert prompt_embedding(pt.PromptConfig(num_virtual_tokens=2), 6).is_folded
 
 
 @pytest.mark.parametrize("kwargs, field", [

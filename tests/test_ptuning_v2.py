@@ -99,9 +99,9 @@ def test_generate_is_refused_with_a_head():
 
 def test_default_positions_are_shifted_like_prefix_config():
     pm = make("bert")
-    assert pm.config.position_mode == "shifted" and pm.shifted
+    assert pm.config.prefix.position_mode == "shifted" and pm.shifted
     gated = pt.PTuningV2Config(gate=True)
-    assert gated.position_mode == "natural"
+    assert gated.prefix.position_mode == "natural"
 
 
 def test_too_long_input_for_learned_positions_is_a_clear_error():

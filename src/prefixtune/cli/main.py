@@ -18,7 +18,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefixtune.core.config import PrefixConfig
+    from prefixtune.methods.prefix import PrefixConfig
     from prefixtune.demo import DemoConfig
 
     parser = argparse.ArgumentParser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")

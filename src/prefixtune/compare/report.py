@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from prefixtune.train.config import task_spec
 from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
 from prefixtune.compare.runner import is_finished, run_dir
 
@@ -82,8 +83,6 @@ def _group(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any
 
 def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") -> tuple[str, dict[str, Any]]:
     """``(markdown, data)``; plots are written to ``plots_dir`` and linked as ``image_prefix + file``."""
-    from prefixtune.train.loop import task_spec
-
     specs = cfg.runs()
     rows = [r for r in (collect(s) for s in specs) if r is not None]
     kind = task_spec(specs[0].config).kind

@@ -1,118 +1,127 @@
-"""Typed configuration for prefix tuning.
+"""The base of every method config: validation errors, JSON round trips, composition.
 
-A :class:`PrefixConfig` says *what* prefix to train; the model's own shape (layers, heads,
-head size) comes from the wrapped model and is recorded separately in the saved adapter.
+A method's config says *what* to train; the model's own shape (layers, heads, head size) comes
+from the wrapped model and is recorded separately in the saved adapter. Method configs live in
+:mod:`prefixtune.methods`, one module per method.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
-from dataclasses import dataclass, field
-from typing import Any
-
-#: Attention locations a prefix can be attached to. Decoder-only models have ``decoder_self``,
-#: encoder-only models ``encoder_self``, encoder-decoder models all three.
-LOCATIONS: tuple[str, ...] = ("encoder_self", "decoder_self", "cross")
-REPARAMETERIZATIONS: tuple[str, ...] = ("mlp", "direct")
-POSITION_MODES: tuple[str, ...] = ("shifted", "natural")
+from typing import Any, ClassVar
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
-class ConfigIO:
-    """JSON round trip for the method config dataclasses (tuples are stored as lists)."""
+def init_fields(cls: type) -> list[dataclasses.Field]:
+    """The dataclass fields of ``cls`` that its constructor takes."""
+    return [f for f in dataclasses.fields(cls) if f.init]
 
-    method: str
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ConfigError(f"missing required option {f.name!r}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ConfigIO):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+class ConfigIO:
+    """JSON round trip for config dataclasses (tuples are stored as lists, sub-configs as objects)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def _own_method(cls) -> str | None:
+        return next((f.default for f in dataclasses.fields(cls) if f.name == "method"), None)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Any:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a {cls.__name__} must be a mapping of options, got {type(data).__name__}")
         data = dict(data)
-        own = next(f.default for f in dataclasses.fields(cls) if f.name == "method")
+        own = cls._own_method()
         method = data.pop("method", own)
         if method != own:
             raise ConfigError(f"not a {cls.__name__} (method={method!r}, expected {own!r})")
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
-        extra = sorted(set(data) - known)
+        known = set(inspect.signature(cls).parameters) - {"options"}
+        extra = sorted(set(data) - known) if "options" not in inspect.signature(cls).parameters else []
         if extra:
             raise ConfigError(f"unknown {cls.__name__} fields {extra}; known fields are {sorted(known)}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ConfigError(f"{cls.__name__}: {e}") from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-@dataclass
-class PrefixConfig(ConfigIO):
-    """Configuration of a prefix (Li & Liang 2021): trainable K/V vectors at every attention layer.
+class ComposedConfig(ConfigIO):
+    """A config made of sub-configs (a prefix config, a head config, ...).
 
-    Fields:
-        prefix_length: number of virtual key/value positions ``l`` prepended at each layer.
-        reparameterization: ``"mlp"`` trains an embedding ``[l, d_model]`` passed through
-            ``Linear(d_model, hidden) -> tanh -> Linear(hidden, layers*2*kv_heads*head_dim)``
-            (the paper's stable form); ``"direct"`` trains the K/V tensors themselves.
-        hidden_size: width of the MLP's hidden layer (512 in the paper's table-to-text setup).
-        dropout: dropout probability applied to the prefix keys/values during training.
-        locations: attention locations that get a prefix, each with its own parameters. The
-            default covers all three; locations a model does not have are skipped.
-        exclude_layers: layer indices (within each location) that get no prefix.
-        position_mode: ``"shifted"`` (default) gives the real tokens position ids ``l..l+n-1``,
-            as the paper's GPT-2 code and PEFT do, so PEFT checkpoints reproduce exactly;
-            ``"natural"`` keeps ``0..n-1``. Applies to models whose forward takes position ids.
-            Default: ``"shifted"``, or ``"natural"`` with ``gate=True`` (so that a fresh gated
-            prefix reproduces the base model exactly).
-        init_std: standard deviation of the random initialization (embedding for ``"mlp"``,
-            the K/V tensors for ``"direct"``).
-        init: ``"random"``; ``"text"``: the prefix starts as the frozen model's own keys/values
-            for ``init_text`` (tokenized, repeated or cut to ``l``), as in the paper (an MLP is
-            first fitted to produce them); ``"vocab"``: the same for random vocabulary tokens.
-        init_text: the text for ``init="text"``, e.g. ``"table-to-text:"``.
-        gate: a learned per-layer, per-key/value-head gate on the prefix's share of attention,
-            zero at the start (LLaMA-Adapter): ``out = attn(real) + tanh(g) * attn(prefix)``,
-            so a fresh adapter reproduces the base model exactly.
+    ``SUBCONFIGS`` maps a field to its config class; the constructor takes each sub-config as an
+    object (or a mapping), or its fields flat, routed by name to the first sub-config that has
+    such a field (``ALIASES`` renames: flat name -> (sub-config field, its field name)). The
+    config's own fields take precedence over the sub-configs'. ``SUB_DEFAULTS`` holds each
+    sub-config's defaults within this method. A sub-config whose field defaults to None is
+    optional: it exists when given or when any of its flat fields is.
+
+    Subclasses are ``@dataclass(init=False)`` and define ``validate()`` for cross-field checks.
     """
 
-    prefix_length: int = 10
-    reparameterization: str = "mlp"
-    hidden_size: int = 512
-    dropout: float = 0.0
-    locations: tuple[str, ...] = LOCATIONS
-    exclude_layers: tuple[int, ...] = ()
-    position_mode: str | None = None
-    init_std: float = 0.02
-    init: str = "random"
-    init_text: str | None = None
-    gate: bool = False
-    method: str = field(default="prefix", init=False)
+    SUBCONFIGS: ClassVar[dict[str, type]] = {}
+    ALIASES: ClassVar[dict[str, tuple[str, str]]] = {}
+    SUB_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    def __post_init__(self) -> None:
-        self.locations = tuple(self.locations)
-        self.exclude_layers = tuple(sorted(set(int(i) for i in self.exclude_layers)))
-        if not isinstance(self.prefix_length, int) or self.prefix_length < 1:
-            raise ConfigError(f"prefix_length must be a positive integer, got {self.prefix_length!r}")
-        if self.reparameterization not in REPARAMETERIZATIONS:
-            raise ConfigError(
-                f"reparameterization must be one of {REPARAMETERIZATIONS}, got {self.reparameterization!r}"
-            )
-        if self.hidden_size < 1:
-            raise ConfigError(f"hidden_size must be positive, got {self.hidden_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        unknown = [loc for loc in self.locations if loc not in LOCATIONS]
-        if unknown or not self.locations:
-            raise ConfigError(f"locations must be a non-empty subset of {LOCATIONS}, got {self.locations}")
-        if any(i < 0 for i in self.exclude_layers):
-            raise ConfigError(f"exclude_layers must hold non-negative layer indices, got {self.exclude_layers}")
-        if self.init not in ("random", "text", "vocab"):
-            raise ConfigError(f"init must be 'random', 'text' or 'vocab', got {self.init!r}")
-        if self.init == "text" and not self.init_text:
-            raise ConfigError("init='text' needs init_text (e.g. 'table-to-text:')")
-        if self.position_mode is None:
-            self.position_mode = "natural" if self.gate else "shifted"
-        if self.position_mode not in POSITION_MODES:
-            raise ConfigError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
+    def __init__(self, **options: Any) -> None:
+        fields = {f.name: f for f in init_fields(type(self))}
+        own = {name: f for name, f in fields.items() if name not in self.SUBCONFIGS}
+        routed: dict[str, dict[str, Any]] = {name: {} for name in self.SUBCONFIGS}
+        for key, value in options.items():
+            if key in fields:
+                continue
+            target = self.ALIASES.get(key) or next(
+                ((name, key) for name, sub in self.SUBCONFIGS.items() if key in {f.name for f in init_fields(sub)}), None)
+            if target is None:
+                known = sorted([*own, *self.SUBCONFIGS, *self.ALIASES,
+                                *(f.name for sub in self.SUBCONFIGS.values() for f in init_fields(sub))])
+                raise ConfigError(f"unknown {type(self).__name__} option {key!r}; known options are {known}")
+            if value is not None:  # None means "the default"
+                routed[target[0]][target[1]] = value
+        for name, f in own.items():
+            setattr(self, name, options[name] if name in options else _default(f))
+        for name, sub_cls in self.SUBCONFIGS.items():
+            setattr(self, name, self._sub(name, sub_cls, options.get(name), routed[name], fields[name]))
+        if "method" in {f.name for f in dataclasses.fields(self)}:
+            self.method = self._own_method()
+        self.validate()
+
+    def _sub(self, name: str, sub_cls: type, given: Any, flat: dict[str, Any], f: dataclasses.Field) -> Any:
+        if isinstance(given, dict):
+            given = sub_cls.from_dict(given)
+        if given is not None and not isinstance(given, sub_cls):
+            raise ConfigError(f"{type(self).__name__}.{name} must be a {sub_cls.__name__}, got {type(given).__name__}")
+        if flat:
+            if given is not None:
+                raise ConfigError(f"give {type(self).__name__} either {name}= or its fields {sorted(flat)}, not both")
+            return sub_cls(**{**self.SUB_DEFAULTS.get(name, {}), **flat})
+        if given is None and _default(f) is None:
+            return None  # an optional part that is absent
+        return given if given is not None else sub_cls(**self.SUB_DEFAULTS.get(name, {}))
+
+    def validate(self) -> None:
+        """Cross-field checks of the composed config (sub-configs validate themselves)."""

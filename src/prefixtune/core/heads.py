@@ -7,7 +7,28 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
+from prefixtune.core.parts import StateError
+
 POOLINGS = ("cls", "mean", "last")
+
+
+class _Head(nn.Module):
+    """State protocol of :mod:`prefixtune.core.parts` for heads: nothing to fold, the state is the weights."""
+
+    is_folded = True
+
+    def folded(self) -> "_Head":
+        return self
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        return dict(self.state_dict())
+
+    def from_inference_state(self, tensors: dict[str, torch.Tensor]) -> "_Head":
+        try:
+            self.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            raise StateError(f"tensors do not match the config: {e}") from None
+        return self
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -29,7 +50,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Ten
     return hidden[torch.arange(b, device=hidden.device), index.clamp(0, n - 1)]
 
 
-class SequenceClassificationHead(nn.Module):
+class SequenceClassificationHead(_Head):
     """``dropout -> Linear(d_model, num_labels)`` on a pooled hidden state. ``num_labels == 1`` is regression."""
 
     def __init__(self, d_model: int, num_labels: int, pooling: str = "cls", dropout: float = 0.1) -> None:
@@ -52,7 +73,7 @@ class SequenceClassificationHead(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-class TokenClassificationHead(nn.Module):
+class TokenClassificationHead(_Head):
     """``dropout -> Linear(d_model, num_labels)`` on every token; labels of -100 are ignored."""
 
     def __init__(self, d_model: int, num_labels: int, dropout: float = 0.1) -> None:

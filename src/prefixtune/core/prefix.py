@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from prefixtune.core.config import PrefixConfig
-from prefixtune.core.layout import LocationShape, ModelLayout
+from prefixtune.core.layout import LocationShape
+from prefixtune.core.parts import StateError, check_shape
 
 
 class MLPPrefix(nn.Module):
@@ -59,14 +59,14 @@ class DirectPrefix(nn.Module):
         return self.dropout(self.kv)
 
 
-def prefixed_layers(shape: LocationShape, config: PrefixConfig) -> tuple[int, ...]:
-    """Layer indices of ``shape`` that get a prefix under ``config`` (all but ``exclude_layers``)."""
-    bad = [i for i in config.exclude_layers if i >= shape.num_layers]
+def prefixed_layers(shape: LocationShape, exclude_layers: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """Layer indices of ``shape`` that get a prefix: all but ``exclude_layers``."""
+    bad = [i for i in exclude_layers if i >= shape.num_layers]
     if bad:
         raise ValueError(
             f"exclude_layers {bad} out of range: {shape.location} has {shape.num_layers} layers (0..{shape.num_layers - 1})"
         )
-    layers = tuple(i for i in range(shape.num_layers) if i not in config.exclude_layers)
+    layers = tuple(i for i in range(shape.num_layers) if i not in exclude_layers)
     if not layers:
         raise ValueError(f"exclude_layers leaves no layer of {shape.location} with a prefix")
     return layers
@@ -87,34 +87,6 @@ class PrefixStack(nn.Module):
         self.layers = dict(layers)
         # (prefixed_layers, kv_heads) per location, zero-initialized: see PrefixConfig.gate
         self.gates = nn.ParameterDict({loc: nn.Parameter(g) for loc, g in (gates or {}).items()})
-
-    @classmethod
-    def create(cls, layout: ModelLayout, config: PrefixConfig) -> "PrefixStack":
-        """Fresh, randomly initialized prefixes for every location of ``layout`` named in ``config``."""
-        encoders: dict[str, nn.Module] = {}
-        layers: dict[str, tuple[int, ...]] = {}
-        gates: dict[str, torch.Tensor] = {}
-        for shape in layout.locations:
-            if shape.location not in config.locations:
-                continue
-            layers[shape.location] = prefixed_layers(shape, config)
-            n = len(layers[shape.location])
-            if config.gate:
-                gates[shape.location] = torch.zeros(n, shape.num_kv_heads)
-            if config.reparameterization == "mlp":
-                encoders[shape.location] = MLPPrefix(
-                    config.prefix_length, layout.d_model, config.hidden_size, n, shape.num_kv_heads,
-                    shape.head_dim, config.dropout, config.init_std)
-            else:
-                encoders[shape.location] = DirectPrefix.random(
-                    config.prefix_length, n, shape.num_kv_heads, shape.head_dim, config.dropout, config.init_std)
-        if not encoders:
-            have = [s.location for s in layout.locations]
-            raise ValueError(
-                f"none of the configured locations {list(config.locations)} exists in this "
-                f"{layout.model_type} model (it has {have}); set PrefixConfig.locations accordingly"
-            )
-        return cls(encoders, layers, gates)
 
     def forward(self) -> dict[str, torch.Tensor]:
         """Per location: K/V of shape ``(prefixed_layers, 2, kv_heads, l, head_dim)``."""
@@ -139,3 +111,30 @@ class PrefixStack(nn.Module):
             direct = DirectPrefix(kv.detach().clone(), dropout=self.encoders[loc].dropout.p)
             encoders[loc] = direct
         return PrefixStack(encoders, self.layers, {loc: g.detach().clone() for loc, g in self.gates.items()})
+
+    # ------------------------------------------------------------------ state (see prefixtune.core.parts)
+
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """``<location>``: folded K/V ``(layers, 2, H_kv, l, d)``; ``gate.<location>``: ``(layers, H_kv)`` if gated."""
+        folded = self.folded()
+        out = {loc: enc.kv for loc, enc in folded.encoders.items()}
+        out.update({f"gate.{loc}": gate for loc, gate in folded.gates.items()})
+        return out
+
+    def from_inference_state(self, tensors: dict[str, torch.Tensor]) -> "PrefixStack":
+        """A folded stack holding ``tensors``, shaped like this one (the dropout is kept)."""
+        encoders, gates = {}, {}
+        for loc, enc in self.encoders.items():
+            kv = check_shape(loc, tensors.get(loc), self._shape(loc))
+            encoders[loc] = DirectPrefix(kv.clone(), dropout=enc.dropout.p)
+        for loc, gate in self.gates.items():
+            gates[loc] = check_shape(f"gate.{loc}", tensors.get(f"gate.{loc}"), tuple(gate.shape)).clone()
+        expected = set(self.encoders) | {f"gate.{loc}" for loc in self.gates}
+        unexpected = sorted(set(tensors) - expected)
+        if unexpected:
+            raise StateError(f"{unexpected[0]} is not part of this prefix (it has {sorted(expected)})")
+        return PrefixStack(encoders, self.layers, gates)
+
+    def _shape(self, loc: str) -> tuple[int, ...]:
+        enc = self.encoders[loc]
+        return tuple(enc.shape) if isinstance(enc, MLPPrefix) else tuple(enc.kv.shape)

@@ -7,96 +7,44 @@ P-tuning produces them with a small prompt encoder (an MLP or a bidirectional LS
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from prefixtune.core.config import ConfigError, ConfigIO
+from prefixtune.core.parts import check_shape
 
-INITS = ("random", "vocab", "text", "labels")
 ENCODERS = ("none", "mlp", "lstm")
 
 
-@dataclass
-class PromptConfig(ConfigIO):
-    """Configuration of an input prompt.
+class PromptEmbedding(nn.Module):
+    """``forward() -> (l, d_model)``: the prompt vectors (through the encoder for P-tuning).
 
-    Fields:
-        num_virtual_tokens: number of prompt vectors ``l``.
-        init: ``"random"`` (uniform in ``±init_range``), ``"vocab"`` (embeddings of tokens sampled
-            from the vocabulary), ``"text"`` (embeddings of ``init_text``, repeated or cut to
-            ``l``), ``"labels"`` (embeddings of ``label_words`` first, the rest sampled from the
-            vocabulary; Lester et al.'s best init for classification).
-        init_text: the text for ``init="text"``.
-        label_words: the class-label words for ``init="labels"``.
-        init_range: half-width of the uniform random init.
+    Args:
+        length: number of prompt vectors ``l``.
+        d_model: the model's embedding width.
         encoder: ``"none"`` (prompt tuning), ``"mlp"`` or ``"lstm"`` (P-tuning's prompt encoder).
-        encoder_hidden_size: hidden width of the prompt encoder.
+        hidden_size: the encoder's hidden width.
         dropout: dropout on the prompt vectors during training.
-        num_labels: None (default) for generation/LM use; a number of classes adds a sequence
-            classification head on the last hidden state of the real tokens (the prompt's
-            positions are left out), trained with the prompt.
-        pooling, head_dropout: the head's pooling (``cls``, ``mean``, ``last``) and dropout.
+        init_range: the vectors start uniform in ``±init_range``.
     """
 
-    num_virtual_tokens: int = 20
-    init: str = "random"
-    init_text: str | None = None
-    label_words: tuple[str, ...] = ()
-    init_range: float = 0.5
-    encoder: str = "none"
-    encoder_hidden_size: int = 512
-    dropout: float = 0.0
-    num_labels: int | None = None
-    pooling: str = "mean"
-    head_dropout: float = 0.1
-    method: str = field(default="prompt", init=False)
-
-    def __post_init__(self) -> None:
-        self.label_words = tuple(self.label_words)
-        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens < 1:
-            raise ConfigError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
-        if self.init not in INITS:
-            raise ConfigError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.init == "text" and not self.init_text:
-            raise ConfigError("init='text' needs init_text (e.g. 'Classify the sentiment:')")
-        if self.init == "labels" and not self.label_words:
-            raise ConfigError("init='labels' needs label_words (e.g. ('negative', 'positive'))")
-        if self.encoder not in ENCODERS:
-            raise ConfigError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.num_labels is not None and (not isinstance(self.num_labels, int) or self.num_labels < 1):
-            raise ConfigError(f"num_labels must be a positive integer or None, got {self.num_labels!r}")
-        from prefixtune.core.heads import POOLINGS
-
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-
-
-class PromptEmbedding(nn.Module):
-    """``forward() -> (l, d_model)``: the prompt vectors (through the encoder for P-tuning)."""
-
-    def __init__(self, config: PromptConfig, d_model: int) -> None:
+    def __init__(self, length: int, d_model: int, encoder: str = "none", hidden_size: int = 512,
+                 dropout: float = 0.0, init_range: float = 0.5) -> None:
         super().__init__()
-        self.config = config
-        l = config.num_virtual_tokens
-        self.embedding = nn.Parameter(torch.empty(l, d_model).uniform_(-config.init_range, config.init_range))
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
+        self.length = length
+        self.embedding = nn.Parameter(torch.empty(length, d_model).uniform_(-init_range, init_range))
         self.lstm: nn.LSTM | None = None
         self.mlp: nn.Sequential | None = None
-        if config.encoder == "lstm":
-            self.lstm = nn.LSTM(d_model, config.encoder_hidden_size // 2, num_layers=2, bidirectional=True,
-                                batch_first=True)
-            self.mlp = nn.Sequential(nn.Linear(config.encoder_hidden_size, config.encoder_hidden_size), nn.ReLU(),
-                                     nn.Linear(config.encoder_hidden_size, d_model))
-        elif config.encoder == "mlp":
-            self.mlp = nn.Sequential(nn.Linear(d_model, config.encoder_hidden_size), nn.ReLU(),
-                                     nn.Linear(config.encoder_hidden_size, config.encoder_hidden_size), nn.ReLU(),
-                                     nn.Linear(config.encoder_hidden_size, d_model))
-        self.dropout = nn.Dropout(config.dropout)
+        if encoder == "lstm":
+            self.lstm = nn.LSTM(d_model, hidden_size // 2, num_layers=2, bidirectional=True, batch_first=True)
+            self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, d_model))
+        elif encoder == "mlp":
+            self.mlp = nn.Sequential(nn.Linear(d_model, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
+                                     nn.ReLU(), nn.Linear(hidden_size, d_model))
+        self.dropout = nn.Dropout(dropout)
 
     @property
     def is_folded(self) -> bool:
@@ -117,47 +65,22 @@ class PromptEmbedding(nn.Module):
         self.eval()
         vectors = self().detach().clone()
         self.train(was)
-        cfg = dataclasses.replace(self.config, encoder="none")
-        out = PromptEmbedding(cfg, vectors.shape[1])
+        out = PromptEmbedding(self.length, vectors.shape[1], dropout=self.dropout.p)
         out.embedding.data.copy_(vectors)
         return out
 
-    @torch.no_grad()
-    def initialize(self, embeddings: torch.Tensor, tokenizer: Any = None, generator: torch.Generator | None = None) -> None:
-        """Set the prompt vectors from the model's input ``embeddings`` ``(V, d)`` per ``config.init``.
+    # ------------------------------------------------------------------ state (see prefixtune.core.parts)
 
-        ``"text"`` and ``"labels"`` need the model's tokenizer. With a prompt encoder the vectors
-        are the encoder's *input*, as in P-tuning.
-        """
-        cfg = self.config
-        l = cfg.num_virtual_tokens
-        vocab = embeddings.shape[0]
+    def inference_state(self) -> dict[str, torch.Tensor]:
+        """One tensor, the folded prompt ``(l, d_model)`` (stored under the part's own name)."""
+        return {"": self.folded().embedding}
 
-        def sampled(n: int) -> torch.Tensor:
-            ids = torch.randint(0, min(vocab, 5000), (n,), generator=generator)
-            return embeddings[ids]
-
-        if cfg.init == "random":
-            return
-        if cfg.init == "vocab":
-            vectors = sampled(l)
-        elif cfg.init == "text":
-            ids = _token_ids(tokenizer, cfg.init_text)
-            ids = (ids * (l // len(ids) + 1))[:l]
-            vectors = embeddings[torch.tensor(ids)]
-        else:  # labels
-            rows = [embeddings[torch.tensor(_token_ids(tokenizer, w))].mean(0) for w in cfg.label_words][:l]
-            vectors = torch.cat([torch.stack(rows), sampled(l - len(rows))]) if len(rows) < l else torch.stack(rows)
-        self.embedding.copy_(vectors.to(self.embedding.dtype))
-
-
-def _token_ids(tokenizer: Any, text: str) -> list[int]:
-    if tokenizer is None:
-        raise ConfigError("this prompt init needs the model's tokenizer: pass tokenizer= to wrap()")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ConfigError(f"{text!r} tokenizes to nothing")
-    return list(ids)
+    def from_inference_state(self, tensors: dict[str, torch.Tensor]) -> "PromptEmbedding":
+        """A plain prompt holding the saved vectors, shaped like this one."""
+        vectors = check_shape("", tensors.get(""), tuple(self.embedding.shape))
+        out = PromptEmbedding(self.length, vectors.shape[1], dropout=self.dropout.p)
+        out.embedding.data.copy_(vectors)
+        return out
 
 
 def insert_prompt(prompt: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor | None,
@@ -210,7 +133,8 @@ def prepend_ids(out: Any, ids: torch.Tensor) -> Any:
     """``generate`` from embeddings returns only new tokens: put the input ids back in front
     (of a tensor, or of ``out.sequences``) so outputs look as they do without a prompt."""
     sequences = out if isinstance(out, torch.Tensor) else out.sequences
-    sequences = torch.cat([ids.to(sequences.device), sequences], dim=1)
+    ids = ids.to(sequences.device).repeat_interleave(sequences.shape[0] // ids.shape[0], 0)  # num_return_sequences
+    sequences = torch.cat([ids, sequences], dim=1)
     if isinstance(out, torch.Tensor):
         return sequences
     out.sequences = sequences

@@ -292,8 +292,9 @@ class Injection:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -n:]
         return pos + self.position_base + shift.to(device)[:, None]
 
-    def inputs(self, batch: PrefixBatch | None, shifted: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Forward/generate keyword arguments with position ids added where the model takes them.
+    def inputs(self, batch: PrefixBatch | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Forward/generate keyword arguments with position ids added where the model takes them,
+        shifted per row by ``batch.lengths`` (0 for rows whose prefix keeps natural positions).
 
         The prefix itself is supplied by :meth:`active`.
         """
@@ -307,9 +308,9 @@ class Injection:
             ref = kwargs.get("inputs_embeds")
         if ref is None:
             return kwargs
-        shift = batch.lengths if (batch is not None and shifted) else torch.zeros(1, dtype=torch.long)
+        shift = batch.lengths if batch is not None else torch.zeros(1, dtype=torch.long)
         if kwargs.get("position_ids") is not None:
-            if shifted and batch is not None:
+            if batch is not None:
                 kwargs["position_ids"] = kwargs["position_ids"] + shift.to(ref.device)[:, None]
             return kwargs
         past_kv = kwargs.get("cache", kwargs.get("past_key_values"))

@@ -1,50 +1,65 @@
-"""Which parts each method is made of: a prefix, an input prompt, a task head (any subset).
+"""The method registry: which methods exist, their configs, and how each builds its parts.
 
-Methods compose these parts instead of branching on the method in the model: prefix tuning is a
-prefix; prompt tuning and P-tuning are a prompt (plus a head for classification when
-``num_labels`` is set); P-tuning v2 is a prefix and a head.
+A method composes parts instead of branching in the model: prefix tuning is a prefix; prompt
+tuning and P-tuning are a prompt (plus a head for classification when the config has one);
+P-tuning v2 is a prefix and a head. Everything that lists methods (the CLI, training, parameter
+accounting, comparison, checkpoint loading) reads :data:`REGISTRY`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any, Callable, Union
 
-from torch import nn
-
-from prefixtune.core.config import ConfigError, PrefixConfig
-from prefixtune.core.heads import SequenceClassificationHead, TokenClassificationHead
+from prefixtune.core.config import ConfigError
 from prefixtune.core.layout import ModelLayout
-from prefixtune.core.prefix import PrefixStack
-from prefixtune.core.prompt import PromptConfig, PromptEmbedding
+from prefixtune.core.parts import Parts
+from prefixtune.methods import prefix, prompt, ptuning_v2
+from prefixtune.methods.prefix import PrefixConfig
+from prefixtune.methods.prompt import PromptConfig
 from prefixtune.methods.ptuning_v2 import PTuningV2Config
 
 MethodConfig = Union[PrefixConfig, PromptConfig, PTuningV2Config]
-CONFIGS: dict[str, type] = {"prefix": PrefixConfig, "prompt": PromptConfig, "ptuning_v2": PTuningV2Config}
 
 
-@dataclass
-class Parts:
-    """The trainable parts of an adapter; absent parts are None."""
+@dataclass(frozen=True)
+class Method:
+    """One registered method.
 
-    prefix: PrefixStack | None = None
-    prompt: PromptEmbedding | None = None
-    head: nn.Module | None = None
+    Fields:
+        name: the ``method`` value of its config (``--method`` on the command line).
+        config: its config class.
+        build: ``build(config, layout, input_embeddings=None, tokenizer=None, initialize=True) -> Parts``.
+        tasks: the task kinds it trains for (``"generation"``, ``"classification"``).
+        summary: one line for help texts.
+    """
+
+    name: str
+    config: type
+    build: Callable[..., Parts]
+    tasks: tuple[str, ...]
+    summary: str
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("prefix", PrefixConfig, prefix.build, ("generation",),
+           "prefix tuning: trainable key/value vectors at every attention layer"),
+    Method("prompt", PromptConfig, prompt.build, ("generation", "classification"),
+           "prompt tuning / P-tuning (encoder=mlp|lstm): trainable input vectors, a head for classification"),
+    Method("ptuning_v2", PTuningV2Config, ptuning_v2.build, ("classification",),
+           "P-tuning v2: a prefix at every layer and a task head"),
+)}
+
+
+def method(name: str) -> Method:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown adapter method {name!r}; known: {sorted(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def config_from_dict(data: dict[str, Any]) -> MethodConfig:
-    method = data.get("method", "prefix")
-    if method not in CONFIGS:
-        raise ConfigError(f"unknown adapter method {method!r}; known: {sorted(CONFIGS)}")
-    return CONFIGS[method].from_dict(data)
-
-
-def prefix_config_of(config: MethodConfig) -> PrefixConfig | None:
-    if isinstance(config, PrefixConfig):
-        return config
-    if isinstance(config, PTuningV2Config):
-        return config.prefix_config()
-    return None
+    """The method config a saved mapping describes (its ``method`` key picks the class)."""
+    return method(data.get("method", "prefix")).config.from_dict(data)
 
 
 def build_parts(config: MethodConfig, layout: ModelLayout, input_embeddings: Any = None,
@@ -54,25 +69,12 @@ def build_parts(config: MethodConfig, layout: ModelLayout, input_embeddings: Any
     Args:
         input_embeddings: the model's input embedding weight ``(V, d)`` (prompt inits that
             sample or copy token embeddings need it).
-        tokenizer: needed by prompt inits from text or label words.
+        tokenizer: needed by inits from text or label words.
         initialize: apply the configured prompt init (off when a checkpoint's tensors follow).
     """
-    parts = Parts()
-    prefix_cfg = prefix_config_of(config)
-    if prefix_cfg is not None:
-        parts.prefix = PrefixStack.create(layout, prefix_cfg)
-    if isinstance(config, PromptConfig):
-        parts.prompt = PromptEmbedding(config, layout.d_model)
-        if initialize and config.init != "random":
-            if input_embeddings is None:
-                raise ConfigError(f"prompt init {config.init!r} needs the model's input embeddings")
-            parts.prompt.initialize(input_embeddings.detach().float(), tokenizer)
-    if isinstance(config, PromptConfig) and config.num_labels is not None:
-        parts.head = SequenceClassificationHead(layout.d_model, config.num_labels, config.pooling, config.head_dropout)
-    if isinstance(config, PTuningV2Config):
-        if config.task == "sequence-classification":
-            parts.head = SequenceClassificationHead(layout.d_model, config.num_labels, config.pooling,
-                                                    config.head_dropout)
-        else:
-            parts.head = TokenClassificationHead(layout.d_model, config.num_labels, config.head_dropout)
-    return parts
+    return method(config.method).build(config, layout, input_embeddings=input_embeddings, tokenizer=tokenizer,
+                                       initialize=initialize)
+
+
+__all__ = ["REGISTRY", "Method", "MethodConfig", "Parts", "PTuningV2Config", "PrefixConfig", "PromptConfig",
+           "build_parts", "config_from_dict", "method"]

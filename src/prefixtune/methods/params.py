@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefixtune.core.config import PrefixConfig
 from prefixtune.core.layout import ModelLayout
+from prefixtune.core.parts import Parts
 from prefixtune.core.prefix import prefixed_layers
+from prefixtune.hf.boundary import describe
+from prefixtune.methods import build_parts
+from prefixtune.methods.prefix import PrefixConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ def expected_counts(layout: ModelLayout, config: PrefixConfig) -> ParameterCount
     for shape in layout.locations:
         if shape.location not in config.locations:
             continue
-        layers = len(prefixed_layers(shape, config))
+        layers = len(prefixed_layers(shape, config.exclude_layers))
         out = layers * 2 * shape.kv_width
         stored += config.prefix_length * out
         if config.reparameterization == "mlp":
@@ -48,13 +51,10 @@ def expected_counts(layout: ModelLayout, config: PrefixConfig) -> ParameterCount
     return ParameterCount(trainable, stored, layout.base_parameters)
 
 
-def count_parts(parts: object, base: int) -> ParameterCount:
-    """Counts of built parts (:class:`~prefixtune.methods.Parts`): trainable, and stored once folded."""
-    own = [m for m in (parts.prefix, parts.prompt, parts.head) if m is not None]
-    trainable = sum(p.numel() for m in own for p in m.parameters())
-    folded = [parts.prefix.folded() if parts.prefix is not None else None,
-              parts.prompt.folded() if parts.prompt is not None else None, parts.head]
-    stored = sum(p.numel() for m in folded if m is not None for p in m.parameters())
+def count_parts(parts: Parts, base: int) -> ParameterCount:
+    """Counts of built parts: trainable, and stored once folded (what ``adapter.safetensors`` holds)."""
+    trainable = sum(p.numel() for m in parts.modules() for p in m.parameters())
+    stored = sum(t.numel() for t in parts.inference_state().values())
     return ParameterCount(trainable, stored, base)
 
 
@@ -65,9 +65,6 @@ def count_parameters(model: object, config: object | None = None) -> ParameterCo
         model: a :class:`~prefixtune.PrefixModel`, or a plain transformers model together
             with ``config`` (to plan before wrapping anything).
     """
-    from prefixtune.hf.boundary import describe
-    from prefixtune.methods import build_parts
-
     if hasattr(model, "count_parameters") and config is None:
         return model.count_parameters()
     layout, _ = describe(model)

@@ -7,61 +7,46 @@ the last real token). Only the prefix and the head train.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from prefixtune.core.config import ConfigError, ConfigIO, PrefixConfig
+from prefixtune.core.config import ComposedConfig
+from prefixtune.core.layout import ModelLayout
+from prefixtune.core.parts import Parts
+from prefixtune.methods.head import HeadConfig
+from prefixtune.methods.prefix import PrefixConfig, build_prefix
 
-TASKS = ("sequence-classification", "token-classification")
+#: the paper's prefix for understanding tasks (the rest as in PrefixConfig)
+PREFIX_DEFAULTS: dict[str, Any] = {"prefix_length": 16, "reparameterization": "direct", "dropout": 0.1}
 
 
-@dataclass
-class PTuningV2Config(ConfigIO):
-    """Configuration of P-tuning v2.
+@dataclass(init=False)
+class PTuningV2Config(ComposedConfig):
+    """Configuration of P-tuning v2: a :class:`PrefixConfig` and a :class:`HeadConfig`.
+
+    Either sub-config may be given as an object, or its fields flat:
+    ``PTuningV2Config(prefix_length=16, num_labels=3, pooling="mean")``. Flat names go to the
+    prefix first (``dropout`` is the prefix's); ``head_dropout`` is the head's dropout.
+    Defaults: prefix length 16, ``direct`` reparameterization, dropout 0.1 (the paper's); the
+    head's defaults (sequence classification, 2 labels, ``cls`` pooling).
 
     Fields:
-        prefix_length: prefix length (the paper: < 20 for simple classification, ~100 for labeling).
-        reparameterization: ``"direct"`` (the paper's default) or ``"mlp"``.
-        hidden_size: MLP width when ``reparameterization="mlp"``.
-        dropout: dropout on the prefix keys/values.
-        init_std: standard deviation of the random prefix init.
-        exclude_layers: layers without a prefix.
-        position_mode: as in :class:`PrefixConfig`.
-        task: ``"sequence-classification"`` or ``"token-classification"``.
-        num_labels: number of classes (1 = regression for sequence classification).
-        pooling: ``"cls"`` (encoders), ``"mean"``, or ``"last"`` (decoder-only models).
-        head_dropout: dropout before the classifier.
-        init, init_text, gate: as in :class:`PrefixConfig`.
+        prefix: the prefix at every layer.
+        head: the task head (``task``, ``num_labels``, ``pooling``, ``dropout``).
     """
 
-    prefix_length: int = 16
-    reparameterization: str = "direct"
-    hidden_size: int = 512
-    dropout: float = 0.1
-    init_std: float = 0.02
-    exclude_layers: tuple[int, ...] = ()
-    position_mode: str | None = None
-    task: str = "sequence-classification"
-    num_labels: int = 2
-    pooling: str = "cls"
-    head_dropout: float = 0.1
-    init: str = "random"
-    init_text: str | None = None
-    gate: bool = False
+    prefix: PrefixConfig = field(default_factory=lambda: PrefixConfig(**PREFIX_DEFAULTS))
+    head: HeadConfig = field(default_factory=HeadConfig)
     method: str = field(default="ptuning_v2", init=False)
 
-    def __post_init__(self) -> None:
-        self.exclude_layers = tuple(self.exclude_layers)
-        if self.position_mode is None:  # same default as PrefixConfig
-            self.position_mode = "natural" if self.gate else "shifted"
-        if self.task not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}, got {self.task!r}")
-        if self.num_labels < 1:
-            raise ConfigError(f"num_labels must be >= 1, got {self.num_labels}")
-        if self.pooling not in ("cls", "mean", "last"):
-            raise ConfigError(f"pooling must be 'cls', 'mean' or 'last', got {self.pooling!r}")
-        self.prefix_config()  # validates the prefix fields
+    SUBCONFIGS = {"prefix": PrefixConfig, "head": HeadConfig}
+    ALIASES = {"head_dropout": ("head", "dropout")}
+    SUB_DEFAULTS = {"prefix": PREFIX_DEFAULTS}
 
+    @property
     def prefix_config(self) -> PrefixConfig:
-        return PrefixConfig(prefix_length=self.prefix_length, reparameterization=self.reparameterization,
-                            hidden_size=self.hidden_size, dropout=self.dropout, init_std=self.init_std,
-                            exclude_layers=self.exclude_layers, position_mode=self.position_mode,
-                            init=self.init, init_text=self.init_text, gate=self.gate)
+        return self.prefix
+
+
+def build(config: PTuningV2Config, layout: ModelLayout, **_: Any) -> Parts:
+    """The parts of P-tuning v2: a prefix stack and a head."""
+    return Parts(prefix=build_prefix(layout, config.prefix), head=config.head.build(layout.d_model))

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from prefixtune.core.batch import PrefixBatch
-from prefixtune.core.config import ConfigError, PrefixConfig
-from prefixtune.core.prefix import DirectPrefix, MLPPrefix
+from prefixtune.core.config import ConfigError
+from prefixtune.core.prefix import DirectPrefix, MLPPrefix, PrefixStack
+from prefixtune.methods.prefix import PrefixConfig
+from prefixtune.runtime.adapters import AdapterRuntime
 
 
 def init_token_ids(config: PrefixConfig, tokenizer: Any, vocab_size: int,
@@ -32,28 +33,11 @@ def init_token_ids(config: PrefixConfig, tokenizer: Any, vocab_size: int,
 
 
 @torch.no_grad()
-def activation_kv(model: Any, ids: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The frozen model's K/V for token ``ids`` ``(l,)``, per location ``(layers, 2, H_kv, l, d)``.
-
-    Encoder-decoder models read ``ids`` as both the encoder input and the decoder input; the
-    cross-attention K/V are then those of the encoder's output for ``ids``.
-    """
-    inj = model.injection
-    device = next(model.base_model.parameters()).device
-    ids = ids.to(device)[None]
-    capture: dict = {}
-    batch = PrefixBatch({}, torch.zeros(1, dtype=torch.long, device=device), capture=capture)
-    kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if inj.is_encoder_decoder:
-        kwargs["decoder_input_ids"] = ids
-    with inj.active(batch):
-        model.base_model(**inj.inputs(batch, False, kwargs))
-    out = {}
-    for loc, layers in model.prefix.layers.items():
-        kv = [torch.stack([capture[inj.modules[(loc, layer)]][0][0], capture[inj.modules[(loc, layer)]][1][0]])
-              for layer in layers]  # each (2, H_kv, l, d)
-        out[loc] = torch.stack(kv).float()
-    return out
+def activation_kv(runtime: AdapterRuntime, layers: dict[str, tuple[int, ...]], ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The frozen model's K/V for token ``ids`` ``(l,)``, per location ``(len(layers[loc]), 2, H_kv, l, d)``."""
+    captured = runtime.capture_kv(ids)
+    return {loc: torch.stack([torch.stack(captured[(loc, layer)]) for layer in index]).float()
+            for loc, index in layers.items()}
 
 
 def fit_mlp(encoder: MLPPrefix, target: torch.Tensor, steps: int = 300, lr: float = 1e-3) -> float:
@@ -74,15 +58,15 @@ def fit_mlp(encoder: MLPPrefix, target: torch.Tensor, steps: int = 300, lr: floa
         return float(((encoder.eval()() - target).norm() / target.norm()).item())
 
 
-def initialize_from_activations(model: Any, config: PrefixConfig, tokenizer: Any = None,
-                                fit_steps: int = 300) -> dict[str, float]:
-    """Set ``model.prefix`` to the model's own K/V for the init tokens; returns per-location fit error."""
-    vocab = model.base_model.get_input_embeddings().weight.shape[0]
+def initialize_from_activations(runtime: AdapterRuntime, prefix: PrefixStack, config: PrefixConfig,
+                                tokenizer: Any = None, fit_steps: int = 300) -> dict[str, float]:
+    """Set ``prefix`` to the model's own K/V for the init tokens; returns per-location fit error."""
+    vocab = runtime.base_model.get_input_embeddings().weight.shape[0]
     ids = init_token_ids(config, tokenizer, vocab)
-    targets = activation_kv(model, ids)
+    targets = activation_kv(runtime, prefix.layers, ids)
     errors = {}
     for loc, target in targets.items():
-        enc = model.prefix.encoders[loc]
+        enc = prefix.encoders[loc]
         if isinstance(enc, DirectPrefix):
             with torch.no_grad():
                 enc.kv.copy_(target)

@@ -1,7 +1,9 @@
 """``PrefixModel``: a frozen Hugging Face model plus trainable continuous-prompt parts.
 
-The parts (see :mod:`prefixtune.methods`) are a per-layer prefix, an input prompt and a task
-head; each method uses a subset. ``forward``/``generate`` take the base model's arguments.
+The parts (see :mod:`prefixtune.core.parts`) are a per-layer prefix, an input prompt and a task
+head; each method uses a subset. ``forward``/``generate`` take the base model's arguments and run
+through the one :class:`~prefixtune.runtime.adapters.AdapterRuntime`, with this model's adapter
+for every row (the bank's one-adapter case).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from prefixtune.core.batch import PrefixBatch
-from prefixtune.hf.boundary import Injection
 from prefixtune.core.layout import ModelLayout
-from prefixtune.methods import MethodConfig, Parts, build_parts, prefix_config_of
+from prefixtune.core.parts import Parts
+from prefixtune.hf.boundary import Injection, describe
+from prefixtune.io.checkpoint import CheckpointError, load_parts, save_adapter
+from prefixtune.io.peft import read_peft, write_peft
+from prefixtune.methods import MethodConfig, build_parts
 from prefixtune.methods.params import ParameterCount, count_parts
-from prefixtune.core.prompt import insert_prompt, prepend_ids
+from prefixtune.methods.prefix import PrefixConfig
+from prefixtune.runtime.adapters import AdapterRuntime, AdapterTensors
+from prefixtune.runtime.init import initialize_from_activations
 
 
 class PrefixModel(nn.Module):
@@ -28,15 +34,16 @@ class PrefixModel(nn.Module):
     Attributes:
         base_model: the wrapped transformers model (all its parameters frozen).
         config: the method's config (:class:`PrefixConfig`, :class:`PromptConfig`, :class:`PTuningV2Config`).
-        prefix: the :class:`~prefixtune.prefix.PrefixStack`, or None.
-        prompt: the :class:`~prefixtune.prompt.PromptEmbedding`, or None.
+        prefix: the :class:`~prefixtune.core.prefix.PrefixStack`, or None.
+        prompt: the :class:`~prefixtune.core.prompt.PromptEmbedding`, or None.
         head: the task head, or None.
+        init_errors: per location, the relative error of an activation-initialized MLP prefix.
     """
 
     def __init__(self, base_model: nn.Module, config: MethodConfig, parts: Parts | None = None,
                  tokenizer: Any = None) -> None:
         super().__init__()
-        self.injection = Injection(base_model)
+        self.runtime = AdapterRuntime(base_model)
         self.base_model = base_model
         self.config = config
         for p in base_model.parameters():
@@ -45,20 +52,20 @@ class PrefixModel(nn.Module):
         if parts is None:
             embeddings = base_model.get_input_embeddings().weight if hasattr(base_model, "get_input_embeddings") else None
             parts = build_parts(config, self.layout, embeddings, tokenizer)
-        device = next(base_model.parameters()).device
-        self.prefix = parts.prefix.to(device) if parts.prefix is not None else None
-        self.prompt = parts.prompt.to(device) if parts.prompt is not None else None
-        self.head = parts.head.to(device) if parts.head is not None else None
+        parts = parts.to(next(base_model.parameters()).device)
+        self.prefix, self.prompt, self.head = parts.prefix, parts.prompt, parts.head
         self.init_errors: dict[str, float] = {}
-        prefix_cfg = prefix_config_of(config)
+        prefix_cfg = config.prefix_config
         if fresh and self.prefix is not None and prefix_cfg.init != "random":
-            from prefixtune.runtime.init import initialize_from_activations
+            self.init_errors = initialize_from_activations(self.runtime, self.prefix, prefix_cfg, tokenizer)
 
-            self.init_errors = initialize_from_activations(self, prefix_cfg, tokenizer)
+    @property
+    def injection(self) -> Injection:
+        return self.runtime.injection
 
     @property
     def layout(self) -> ModelLayout:
-        return self.injection.layout
+        return self.runtime.layout
 
     @property
     def parts(self) -> Parts:
@@ -66,41 +73,12 @@ class PrefixModel(nn.Module):
 
     @property
     def shifted(self) -> bool:
-        return getattr(self.config, "position_mode", "natural") == "shifted"
+        prefix_cfg = self.config.prefix_config
+        return prefix_cfg is not None and prefix_cfg.position_mode == "shifted"
 
-    def prefix_batch(self) -> PrefixBatch | None:
-        """The prefix for this forward: the MLP runs once, its output is shared by all rows."""
-        if self.prefix is None:
-            return None
-        return PrefixBatch.single(self.prefix(), self.prefix.layers, self.injection.modules, dict(self.prefix.gates))
-
-    # ------------------------------------------------------------------ inputs
-
-    def _with_prompt(self, kwargs: dict[str, Any], extend_labels: bool) -> tuple[dict[str, Any], torch.Tensor | None]:
-        """Replace token ids by embeddings with the prompt in front of each row's real tokens."""
-        if self.prompt is None:
-            return kwargs, None
-        kwargs = dict(kwargs)
-        ids = kwargs.pop("input_ids", None)
-        embeds = kwargs.pop("inputs_embeds", None)
-        if embeds is None:
-            if ids is None:
-                raise ValueError("pass input_ids or inputs_embeds")
-            embeds = self.base_model.get_input_embeddings()(ids)
-        extra = {"token_type_ids": kwargs.pop("token_type_ids", None)}
-        if extend_labels:
-            extra["labels"] = kwargs.pop("labels", None)
-        kwargs.pop("position_ids", None)  # recomputed from the new mask
-        embeds, mask, extra, real_index = insert_prompt(self.prompt(), embeds, kwargs.get("attention_mask"), extra)
-        kwargs.update(extra)
-        kwargs["inputs_embeds"], kwargs["attention_mask"] = embeds, mask
-        return kwargs, real_index
-
-    @staticmethod
-    def _take(t: torch.Tensor, real_index: torch.Tensor) -> torch.Tensor:
-        """``(B, l+n, ...) -> (B, n, ...)`` at the original tokens' positions."""
-        index = real_index.view(*real_index.shape, *([1] * (t.dim() - 2))).expand(-1, -1, *t.shape[2:])
-        return t.gather(1, index)
+    def adapter(self) -> AdapterTensors:
+        """This forward's adapter tensors (the prefix MLP runs once, shared by all rows)."""
+        return AdapterTensors.of(self.config, self.parts)
 
     # ------------------------------------------------------------------ forward / generate
 
@@ -115,31 +93,7 @@ class PrefixModel(nn.Module):
             if len(args) > 1:
                 raise TypeError("pass arguments other than input_ids by keyword")
             kwargs["input_ids"] = args[0]
-        seq2seq = self.injection.is_encoder_decoder
-        labels = kwargs.pop("labels", None) if self.head is not None else None
-        mask = kwargs.get("attention_mask")
-        kwargs, real_index = self._with_prompt(kwargs, extend_labels=not seq2seq)
-        batch = self.prefix_batch()
-        if batch is None and kwargs.get("output_attentions"):  # no prefix, but the weights must be computed
-            batch = PrefixBatch({}, torch.zeros(1, dtype=torch.long))
-        kwargs = self.injection.inputs(batch, self.shifted, kwargs)
-        if self.head is not None:
-            kwargs["output_hidden_states"] = True
-        with self.injection.active(batch):
-            out = self.base_model(**kwargs)
-        if self.head is not None:
-            hidden = getattr(out, "last_hidden_state", None)
-            if hidden is None:
-                hidden = out.hidden_states[-1]
-            if real_index is not None:
-                hidden = self._take(hidden, real_index)
-            return self.head(hidden, mask, labels)
-        if real_index is not None and not seq2seq:
-            for name in ("logits", "last_hidden_state"):
-                value = getattr(out, name, None)
-                if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == real_index.shape[1] + self.prompt.config.num_virtual_tokens:
-                    out[name] = self._take(value, real_index)
-        return out
+        return self.runtime.forward(self.adapter(), kwargs, head=self.head)
 
     @torch.no_grad()
     def generate(self, *args: Any, **kwargs: Any) -> Any:
@@ -152,24 +106,14 @@ class PrefixModel(nn.Module):
             kwargs["input_ids"] = args[0]
         if self.head is not None:
             raise TypeError("this adapter has a classification head; call the model, not generate()")
-        ids = kwargs.get("input_ids")
-        kwargs, real_index = self._with_prompt(kwargs, extend_labels=False)
-        batch = self.prefix_batch()
-        kwargs = self.injection.inputs(batch, self.shifted, kwargs)
-        with self.injection.active(batch):
-            out = self.base_model.generate(**kwargs)
-        if real_index is not None and ids is not None and not self.injection.is_encoder_decoder:
-            return prepend_ids(out, ids)
-        return out
+        return self.runtime.generate(self.adapter(), kwargs)
 
     # ------------------------------------------------------------------ the rest
 
     def fold(self) -> "PrefixModel":
         """Replace reparameterizations (prefix MLP, prompt encoder) by their outputs. Returns self."""
-        if self.prefix is not None and not self.prefix.is_folded:
-            self.prefix = self.prefix.folded()
-        if self.prompt is not None and not self.prompt.is_folded:
-            self.prompt = self.prompt.folded()
+        folded = self.parts.folded()
+        self.prefix, self.prompt = folded.prefix, folded.prompt
         return self
 
     def gradient_checkpointing_enable(self) -> None:
@@ -184,33 +128,27 @@ class PrefixModel(nn.Module):
         return count_parts(self.parts, self.layout.base_parameters)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        own = [m for m in (self.prefix, self.prompt, self.head) if m is not None]
-        return [p for m in own for p in m.parameters() if p.requires_grad]
+        return [p for m in self.parts.modules() for p in m.parameters() if p.requires_grad]
+
+    def _base_name(self, given: str | None) -> str | None:
+        return given or getattr(self.base_model.config, "_name_or_path", None)
 
     def save_pretrained(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
-        """Write the adapter to ``path`` (see :mod:`prefixtune.checkpoint`)."""
-        from prefixtune.io.checkpoint import save_adapter
-
-        save_adapter(self, path, base_model_name=base_model_name)
+        """Write the adapter to ``path`` (see :mod:`prefixtune.io.checkpoint`)."""
+        save_adapter(path, self.config, self.parts, self.layout, self._base_name(base_model_name))
 
     def load_trainable(self, path: str | os.PathLike) -> None:
         """Load the trainable state saved by :meth:`save_pretrained` into this model's own parts
         (resuming training keeps the live modules the optimizer holds)."""
-        from prefixtune.io.checkpoint import CheckpointError, load_parts
-
-        _, parts = load_parts(path, self.layout)
-        for name in ("prefix", "prompt", "head"):
-            live, saved = getattr(self, name), getattr(parts, name)
-            if (live is None) != (saved is None):
-                raise CheckpointError(f"{path}: the saved adapter does not match this model's method")
-            if live is not None:
-                live.load_state_dict(saved.state_dict())
+        _, saved = load_parts(path, self.layout)
+        if saved.names() != self.parts.names():
+            raise CheckpointError(f"{path}: the saved adapter does not match this model's method")
+        for (_, live), (_, part) in zip(self.parts.items(), saved.items()):
+            live.load_state_dict(part.state_dict())
 
     def save_peft(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
-        """Write the adapter in PEFT's format (see :mod:`prefixtune.peft_interop`)."""
-        from prefixtune.io.peft import save_peft
-
-        save_peft(self, path, base_model_name=base_model_name)
+        """Write the adapter in PEFT's format (see :mod:`prefixtune.io.peft`)."""
+        write_peft(path, self.config, self.parts, self.layout, self._base_name(base_model_name))
 
     def unwrap(self) -> nn.Module:
         """Give the base model back with its original attention implementation."""
@@ -225,6 +163,30 @@ def wrap(model: nn.Module, config: MethodConfig | None = None, tokenizer: Any = 
         config: :class:`PrefixConfig` (default), :class:`PromptConfig` or :class:`PTuningV2Config`.
         tokenizer: the model's tokenizer, for inits from text or label words.
     """
-    from prefixtune.core.config import PrefixConfig
-
     return PrefixModel(model, config or PrefixConfig(), tokenizer=tokenizer)
+
+
+def load(model: nn.Module, path: str | os.PathLike, folded: bool = False) -> PrefixModel:
+    """Wrap ``model`` with the adapter saved at ``path``.
+
+    The full trainable state is restored when present (training can resume); ``folded=True``
+    loads only the static tensors for inference.
+
+    Raises:
+        CheckpointError: missing/corrupt files, unknown method or version.
+        ShapeMismatchError: the adapter was made for a model of another shape.
+    """
+    config, parts = load_parts(path, describe(model)[0], folded=folded)
+    return PrefixModel(model, config, parts)
+
+
+def from_peft(model: nn.Module, path: str | os.PathLike) -> PrefixModel:
+    """Wrap ``model`` with the PEFT adapter at ``path`` (``PREFIX_TUNING``, ``PROMPT_TUNING``,
+    ``P_TUNING``; see :mod:`prefixtune.io.peft`).
+
+    Raises:
+        CheckpointError: not a PEFT adapter, unsupported type, missing tensor, corrupt file.
+        ShapeMismatchError: the adapter was made for a model of another shape.
+    """
+    config, parts = read_peft(path, describe(model)[0])
+    return PrefixModel(model, config, parts)

@@ -72,8 +72,8 @@ class Request:
 class _RowState(StoppingCriteria):
     """Called after every decoding step: publishes each row's newest tokens and stops finished rows.
 
-    ``start`` is where the new tokens begin in ``generate``'s running ``input_ids`` (0 when it
-    generates from embeddings, i.e. with soft prompts in the batch).
+    ``start`` is where the new tokens begin in ``generate``'s running ``input_ids`` (the padded
+    input length: the bank shows stopping criteria the input ids also with soft prompts).
     """
 
     def __init__(self, engine: "BatchingEngine", requests: list[Request], start: int) -> None:
@@ -180,8 +180,7 @@ class BatchingEngine:
             mask[i, n - len(r.input_ids):] = 1
         device = self.bank.device
         do_sample, temperature, top_p = batch[0].sampling
-        uses_prompt = any(self.bank.has_prompt(r.adapter) for r in batch)
-        state = _RowState(self, batch, 0 if uses_prompt else n)
+        state = _RowState(self, batch, n)  # stopping criteria see input ids + new tokens, prompts or not
         kwargs = dict(max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=do_sample,
                       pad_token_id=self.pad_id, eos_token_id=None,  # EOS is handled per request in _advance
                       stopping_criteria=StoppingCriteriaList([state]))

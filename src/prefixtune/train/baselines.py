@@ -13,22 +13,24 @@ its checksum, written atomically like an adapter.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save as st_save
 from torch import nn
 
-from prefixtune.core.config import ConfigError, ConfigIO
-from prefixtune.core.heads import POOLINGS, SequenceClassificationHead
+from prefixtune.core.config import ComposedConfig, ConfigError
+from prefixtune.io.checkpoint import CONFIG_NAME, FORMAT_VERSION, TRAINABLE_NAME, read_manifest, read_tensors
+from prefixtune.io.files import CheckpointError, write_with_manifest
+from prefixtune.methods.head import HeadConfig
 from prefixtune.methods.params import ParameterCount
 
 
-@dataclass
-class LoraConfig(ConfigIO):
+@dataclass(init=False)
+class LoraConfig(ComposedConfig):
     """LoRA (Hu et al. 2021) through PEFT.
 
     Fields:
@@ -37,45 +39,41 @@ class LoraConfig(ConfigIO):
         dropout: dropout on the LoRA input.
         target_modules: module names to adapt; None = PEFT's default for the model family
             (query and value projections).
-        num_labels, pooling, head_dropout: classification tasks (a head on the last hidden state).
+        head: classification tasks: a head on the last hidden state (:class:`HeadConfig`; its
+            fields may be given flat: ``num_labels``, ``pooling``, ``head_dropout``).
     """
 
-    method: str = "lora"
     r: int = 8
     alpha: int = 16
     dropout: float = 0.05
     target_modules: list[str] | None = None
-    num_labels: int | None = None
-    pooling: str = "cls"
-    head_dropout: float = 0.1
+    head: HeadConfig | None = None
+    method: str = field(default="lora", init=False)
 
-    def __post_init__(self) -> None:
+    SUBCONFIGS = {"head": HeadConfig}
+    ALIASES = {"head_dropout": ("head", "dropout")}
+
+    def validate(self) -> None:
         if self.r < 1:
             raise ConfigError(f"r must be >= 1, got {self.r}")
-        _check_head(self)
+
+    prefix_config = None
 
 
-@dataclass
-class FullConfig(ConfigIO):
+@dataclass(init=False)
+class FullConfig(ComposedConfig):
     """Full fine-tuning: every parameter of the base model trains (plus a head for classification).
 
-    Fields: num_labels, pooling, head_dropout as in :class:`LoraConfig`.
+    Fields: head as in :class:`LoraConfig`.
     """
 
-    method: str = "full"
-    num_labels: int | None = None
-    pooling: str = "cls"
-    head_dropout: float = 0.1
+    head: HeadConfig | None = None
+    method: str = field(default="full", init=False)
 
-    def __post_init__(self) -> None:
-        _check_head(self)
+    SUBCONFIGS = {"head": HeadConfig}
+    ALIASES = {"head_dropout": ("head", "dropout")}
 
-
-def _check_head(cfg: Any) -> None:
-    if cfg.pooling not in POOLINGS:
-        raise ConfigError(f"pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
-    if cfg.num_labels is not None and cfg.num_labels < 1:
-        raise ConfigError(f"num_labels must be >= 1, got {cfg.num_labels}")
+    prefix_config = None
 
 
 BASELINE_CONFIGS: dict[str, type] = {"lora": LoraConfig, "full": FullConfig}
@@ -110,9 +108,9 @@ class BaselineModel(nn.Module):
                 p.requires_grad_(True)
             self.net = base_model
         self.head: nn.Module | None = None
-        if config.num_labels is not None:
+        if config.head is not None:
             d_model = base_model.config.hidden_size
-            self.head = SequenceClassificationHead(d_model, config.num_labels, config.pooling, config.head_dropout)
+            self.head = config.head.build(d_model)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if args:
@@ -162,23 +160,14 @@ class BaselineModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
         """``trainable.safetensors`` + ``prefixtune_config.json`` (checksummed, atomic)."""
-        from safetensors.torch import save as st_save
-
-        from prefixtune.io.checkpoint import CONFIG_NAME, FORMAT_VERSION, TRAINABLE_NAME, _sha256, atomic_write
-
         path = Path(path)
-        blob = st_save(self.trainable_state_dict())
         base = self.net.get_base_model() if hasattr(self.net, "get_base_model") else self.net
         manifest = {"format_version": FORMAT_VERSION, "method": self.config.method, "config": self.config.to_dict(),
-                    "base_model": base_model_name or getattr(base.config, "_name_or_path", None),
-                    "files": {TRAINABLE_NAME: _sha256(blob)}}
-        atomic_write(path / TRAINABLE_NAME, blob)
-        atomic_write(path / CONFIG_NAME, json.dumps(manifest, indent=2, sort_keys=True).encode())
+                    "base_model": base_model_name or getattr(base.config, "_name_or_path", None)}
+        write_with_manifest(path, {TRAINABLE_NAME: st_save(self.trainable_state_dict())}, manifest, CONFIG_NAME)
 
     def load_trainable(self, path: str | os.PathLike) -> None:
         """Load tensors saved by :meth:`save_pretrained` (checksum verified; names must match)."""
-        from prefixtune.io.checkpoint import CheckpointError, TRAINABLE_NAME, read_manifest, read_tensors
-
         path = Path(path)
         manifest = read_manifest(path)
         if manifest.get("method") != self.config.method:
@@ -202,8 +191,6 @@ def wrap_baseline(model: nn.Module, config: LoraConfig | FullConfig) -> Baseline
 
 def load_baseline(model: nn.Module, path: str | os.PathLike) -> BaselineModel:
     """A :class:`BaselineModel` on ``model`` with the tensors saved at ``path``."""
-    from prefixtune.io.checkpoint import read_manifest
-
     manifest = read_manifest(path)
     method = manifest.get("method")
     if method not in BASELINE_CONFIGS:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
-from prefixtune.train.config import TrainConfig
+from prefixtune.bundled.models import load_model
+from prefixtune.data.tasks import load_task
+from prefixtune.evaluation.evaluate import evaluate, generate_texts
+from prefixtune.io.files import atomic_write
+from prefixtune.train.config import TrainConfig, task_spec
+from prefixtune.train.loop import train
+from prefixtune.train.methods import TRAIN_METHODS, load_trained, model_task
 
 
 def _parse_value(text: str) -> Any:
@@ -27,6 +34,9 @@ def add_train_options(parser: Any) -> None:
         if f.name == "adapter":
             parser.add_argument("--set", dest="adapter", action="append", metavar="KEY=VALUE", default=None,
                                 help="a method option, e.g. --set prefix_length=10 --set reparameterization=direct")
+        elif f.name == "method":
+            parser.add_argument(flag, default=None, choices=list(TRAIN_METHODS), help="; ".join(
+                f"{m.name}: {m.summary}" for m in TRAIN_METHODS.values()) + " (default: prefix)")
         elif f.name == "stop":
             parser.add_argument(flag, action="append", default=None, help="stop string for decoding (repeatable)")
         elif isinstance(f.default, bool):
@@ -57,8 +67,6 @@ def train_config(args: Any) -> TrainConfig:
 
 
 def run_train(args: Any) -> None:
-    from prefixtune.train.loop import train
-
     cfg = train_config(args)
     result = train(cfg, resume=not args.no_resume)
     if result:
@@ -70,34 +78,19 @@ def run_train(args: Any) -> None:
 
 
 def _load_run(run: Path, which: str) -> tuple[TrainConfig, Any, Any]:
-    import prefixtune as pt
-
-    from prefixtune.train.baselines import BASELINE_CONFIGS, load_baseline
-    from prefixtune.bundled.models import load_model
-    from prefixtune.train.loop import model_task, task_spec
-
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{run}: not a run directory (no config.json)")
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
-    base, tok = load_model(cfg.model, task=model_task(cfg, task_spec(cfg).kind))
+    base, tok = load_model(cfg.model, task=model_task(task_spec(cfg).kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if cfg.method in BASELINE_CONFIGS:
-        return cfg, load_baseline(base, run / which), tok
-    return cfg, pt.load(base, run / which, folded=True), tok
+    return cfg, load_trained(cfg.method, base, run / which), tok
 
 
 def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", num_beams: int | None = None,
               show: int = 3, with_loss: bool = True) -> dict[str, float]:
     """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``."""
-    import time
-
-    from prefixtune.io.checkpoint import atomic_write
-    from prefixtune.data.tasks import load_task
-    from prefixtune.evaluation.evaluate import evaluate
-    from prefixtune.train.loop import task_spec
-
     cfg, model, tok = _load_run(run, adapter)
     task = load_task(task_spec(cfg), split, data=cfg.data)
     t0 = time.perf_counter()
@@ -119,8 +112,6 @@ def run_eval(args: Any) -> None:
 
 
 def run_generate(args: Any) -> None:
-    from prefixtune.evaluation.evaluate import generate_texts
-
     cfg, model, tok = _load_run(Path(args.run), args.adapter)
     texts = [t.encode().decode("unicode_escape") for t in args.input]
     outs = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,

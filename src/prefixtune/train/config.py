@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.core.config import ConfigError
+from prefixtune.data.sources import DataError
+from prefixtune.data.tasks import BUILTINS, TaskSpec
+from prefixtune.train.methods import train_method
 
-METHODS = ("prefix", "prompt", "ptuning_v2", "lora", "full")
 
 
 @dataclass
@@ -23,8 +25,9 @@ class TrainConfig:
         data: file/directory/hub name for a custom task (or to override a built-in's data).
         input_column, target_column, label_column, template: custom task columns; ``template``
             formats the input (default ``"{<input_column>}\\n"`` for generation).
-        method: ``prefix``, ``prompt`` (P-tuning with ``encoder``), ``ptuning_v2``, or the
-            comparison baselines ``lora`` (PEFT) and ``full`` (full fine-tuning).
+        method: one of :data:`prefixtune.train.methods.TRAIN_METHODS`: ``prefix``, ``prompt``
+            (P-tuning with ``encoder``), ``ptuning_v2``, or the comparison baselines ``lora``
+            (PEFT) and ``full`` (full fine-tuning).
         adapter: the method config's fields (e.g. ``{"prefix_length": 10}``).
         steps: optimizer steps (the learning-rate schedule spans them).
         max_seconds: wall-clock budget for the training steps (evaluation and checkpoints not
@@ -85,8 +88,7 @@ class TrainConfig:
     out: str = "runs/run"
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        train_method(self.method)  # a known method, or a ConfigError listing them
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -121,3 +123,18 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options")
     return data
+
+
+def task_spec(cfg: TrainConfig) -> TaskSpec:
+    """The built-in task, or one described by the config's columns."""
+    if cfg.task in BUILTINS and not (cfg.input_column or cfg.label_column or cfg.target_column):
+        return BUILTINS[cfg.task]
+    if cfg.label_column:
+        template = cfg.template or "{" + (cfg.input_column or "text") + "}"
+        cols = () if cfg.template else (cfg.input_column or "text",)
+        return TaskSpec(cfg.task, "classification", template=template, label_column=cfg.label_column, text_columns=cols)
+    if not (cfg.input_column or cfg.template) or not cfg.target_column:
+        raise DataError(f"task {cfg.task!r} is not built in: give --input-column (or --template) and "
+                        "--target-column for generation, or --label-column for classification")
+    template = cfg.template or "{" + cfg.input_column + "}\n"
+    return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column)

@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from prefixtune.io.checkpoint import atomic_write
 from prefixtune.data.batching import collate, encode, length_grouped_batches
 from prefixtune.data.tasks import BUILTINS, TaskSpec, load_task
-from prefixtune.train.config import TrainConfig
+from prefixtune.train import methods
+from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
 
@@ -53,55 +54,19 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: str,
     return loss, int((targets != -100).sum()), logits
 
 
-def task_spec(cfg: TrainConfig) -> TaskSpec:
-    """The built-in task, or one described by the config's columns."""
-    if cfg.task in BUILTINS and not (cfg.input_column or cfg.label_column or cfg.target_column):
-        return BUILTINS[cfg.task]
-    if cfg.label_column:
-        template = cfg.template or "{" + (cfg.input_column or "text") + "}"
-        cols = () if cfg.template else (cfg.input_column or "text",)
-        return TaskSpec(cfg.task, "classification", template=template, label_column=cfg.label_column, text_columns=cols)
-    if not (cfg.input_column or cfg.template) or not cfg.target_column:
-        from prefixtune.data.sources import DataError
-
-        raise DataError(f"task {cfg.task!r} is not built in: give --input-column (or --template) and "
-                        "--target-column for generation, or --label-column for classification")
-    template = cfg.template or "{" + cfg.input_column + "}\n"
-    return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column)
-
-
-CLASSIFICATION_METHODS = ("ptuning_v2", "prompt", "lora", "full")
-
-
 def method_config(cfg: TrainConfig, kind: str, num_labels: int = 2) -> Any:
     """The method's config from ``cfg.adapter``; classification methods get ``num_labels``."""
-    from prefixtune.train.baselines import BASELINE_CONFIGS
-    from prefixtune.methods import CONFIGS
-
-    options = dict(cfg.adapter)
-    if kind == "classification":
-        if cfg.method not in CLASSIFICATION_METHODS:
-            raise ValueError(f"classification tasks train with --method {', '.join(CLASSIFICATION_METHODS)} "
-                             f"(a head on the model), not {cfg.method!r}")
-        options.setdefault("num_labels", num_labels)
-    return {**CONFIGS, **BASELINE_CONFIGS}[cfg.method](**options)
+    return methods.method_config(cfg.method, cfg.adapter, kind, num_labels)
 
 
 def model_task(cfg: TrainConfig, kind: str) -> str:
     """Which transformers head class to load the base model with."""
-    return "base" if kind == "classification" else "causal-lm"
+    return methods.model_task(kind)
 
 
 def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: int = 2) -> Any:
     """The trainable model: a prefixtune adapter or a baseline (LoRA, full fine-tuning)."""
-    import prefixtune as pt
-
-    from prefixtune.train.baselines import BASELINE_CONFIGS, BaselineModel
-
-    config = method_config(cfg, kind, num_labels)
-    if cfg.method in BASELINE_CONFIGS:
-        return BaselineModel(base, config)
-    return pt.wrap(base, config, tokenizer=tok)
+    return methods.build_model(cfg.method, method_config(cfg, kind, num_labels), base, tok)
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
