@@ -196,10 +196,6 @@ class BaselineModel(nn.Module):
                 live[name].copy_(value)
 
 
-def wrap_baseline(model: nn.Module, config: LoraConfig | FullConfig) -> BaselineModel:
-    return BaselineModel(model, config)
-
-
 def load_baseline(model: nn.Module, path: str | os.PathLike) -> BaselineModel:
     """A :class:`BaselineModel` on ``model`` with the tensors saved at ``path``."""
     from prefixtune.io.checkpoint import read_manifest
