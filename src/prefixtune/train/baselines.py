@@ -24,6 +24,7 @@ from torch import nn
 
 from prefixtune.core.config import ConfigError, ConfigIO
 from prefixtune.core.heads import POOLINGS, SequenceClassificationHead
+from prefixtune.extras import require
 from prefixtune.methods.params import ParameterCount
 
 
@@ -94,9 +95,9 @@ class BaselineModel(nn.Module):
         self.base_parameters = sum(p.numel() for p in base_model.parameters())
         if isinstance(config, LoraConfig):
             try:
-                import peft
-            except ImportError:
-                raise ConfigError("method 'lora' needs PEFT: pip install peft") from None
+                peft = require("peft", "peft", "LoRA baseline")
+            except ImportError as e:
+                raise ConfigError(str(e)) from None
             for p in base_model.parameters():
                 p.requires_grad_(False)
             lora = peft.LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,

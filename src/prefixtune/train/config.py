@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.core.config import ConfigError
+from prefixtune.extras import require
 
 METHODS = ("prefix", "prompt", "ptuning_v2", "lora", "full")
 
@@ -113,7 +114,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML (``.yaml``/``.yml``) or JSON file holding a mapping of options."""
     text = Path(path).read_text()
     if str(path).endswith((".yaml", ".yml")):
-        import yaml
+        yaml = require("yaml", "train", "YAML config reading")
 
         data = yaml.safe_load(text) or {}
     else:
