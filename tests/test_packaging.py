@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import requires
 from pathlib import Path
 
@@ -22,6 +21,11 @@ import pytest
 
 import prefixtune
 from prefixtune.extras import distribution, require
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: huggingface_hub (with transformers) requires tomli there
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(prefixtune.__file__).resolve().parents[1]
