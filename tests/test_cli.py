@@ -59,6 +59,9 @@ def test_help_documents_every_option():
      "no such file or directory"),
     (["train", "--steps", "0"], "steps must be >= 1"),
     (["eval", "--run", "/nonexistent-run"], "not a run directory"),
+    (["params", "--model", "no-such-model"],
+     "prefixtune: error: unknown model 'no-such-model': not a bundled name (smollm2-135m, minilm-l6), "
+     "not a local directory, and not a hub id of the form owner/name"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     r = cli(*args, "--out", tmp_path / "x") if args[0] == "train" else cli(*args)

@@ -1,4 +1,4 @@
-"""The ``prefixtune`` command line: demo, params, train, eval, generate, serve."""
+"""The ``prefixtune`` command line: params, train, eval, generate, compare, serve."""
 
 from __future__ import annotations
 
@@ -7,24 +7,11 @@ import dataclasses
 import sys
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        default = f.default
-        kind = {int: int, float: float}.get(type(default), str)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=default,
-                            help=f"(default: {default})")
-
-
 def main(argv: list[str] | None = None) -> int:
     from prefixtune.methods.prefix import PrefixConfig
-    from prefixtune.demo import DemoConfig
 
     parser = argparse.ArgumentParser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train a prefix on E2E with the bundled SmolLM2 and show generations")
-    _add_dataclass_options(demo, DemoConfig)
     params = sub.add_parser("params", help="trainable and stored parameters for a model and prefix config")
     params.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
     params.add_argument("--task", default="causal-lm", help="causal-lm, masked-lm, seq2seq-lm or base")
@@ -82,12 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                           "with the plots in a folder named after the page")
     args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            from prefixtune.demo import run
-
-            values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig)}
-            run(DemoConfig(**values))
-        elif args.command == "params":
+        if args.command == "params":
             from prefixtune.bundled.models import load_model
             from prefixtune.methods.params import count_parameters
 

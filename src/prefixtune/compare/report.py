@@ -12,6 +12,7 @@ from typing import Any
 from prefixtune.train.config import task_spec
 from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
 from prefixtune.compare.runner import is_finished, run_dir
+from prefixtune.extras import require
 
 GENERATION_EXTRA = ("nist", "rouge_l", "cider", "meteor")
 CLASSIFICATION_EXTRA = ("f1",)
@@ -183,17 +184,17 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
 
 
 def _figure():
-    import matplotlib
+    matplotlib = require("matplotlib", "train", "plotting")
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "train", "plotting")
 
     return plt
 
 
 def _save(fig: Any, where: Path, file: str) -> str:
     """Write ``fig`` as ``where/file`` and close it; returns ``file``."""
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "train", "plotting")
 
     fig.tight_layout()
     fig.savefig(where / file, dpi=110)

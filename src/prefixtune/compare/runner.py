@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefixtune.compare.config import CompareConfig, RunSpec
+from prefixtune.extras import require
 
 
 class CompareError(ValueError):
@@ -82,7 +83,7 @@ def run_one(spec: RunSpec, on_progress: Callable[[str], None] = lambda s: None, 
 
 def run_comparison(cfg: CompareConfig, only: str | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run every unfinished run (``only``: those whose name contains this text); returns one status per run."""
-    from tqdm.auto import tqdm
+    tqdm = require("tqdm.auto", "train", "comparison").tqdm
 
     specs = [s for s in cfg.runs() if only is None or only in s.name]
     for spec in specs:

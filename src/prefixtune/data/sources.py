@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prefixtune.extras import require
+
 EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
 
 
@@ -55,7 +57,7 @@ def read_records(source: str | Path, split: str = "train") -> list[dict[str, Any
         raise DataError(f"{path}: no {split}.csv, {split}.tsv, {split}.jsonl or {split}.json in this directory")
     if "/" in str(source) and not str(source).startswith((".", "/")) or not path.suffix:
         try:
-            import datasets
+            datasets = require("datasets", "datasets", "hub data sets")
 
             ds = datasets.load_dataset(str(source), split=split)
         except Exception as e:  # datasets raises many types (offline, missing split, ...)

@@ -9,6 +9,7 @@ import torch
 from prefixtune.data.batching import collate, encode
 from prefixtune.data.tasks import Task
 from prefixtune.evaluation.metrics import classification_scores, generation_scores
+from prefixtune.extras import require
 
 
 @torch.no_grad()
@@ -28,7 +29,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
     try:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
         texts: dict[int, str] = {}
-        from tqdm.auto import tqdm
+        tqdm = require("tqdm.auto", "train", "evaluation").tqdm
 
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 4, leave=False):

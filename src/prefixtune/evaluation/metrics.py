@@ -13,6 +13,8 @@ import math
 from collections import Counter
 from typing import Sequence
 
+from prefixtune.extras import require
+
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
     return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
@@ -24,7 +26,7 @@ def _tok(text: str) -> list[str]:
 
 def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Corpus BLEU (0-100); ``references[i]`` lists the references of ``hypotheses[i]``."""
-    import sacrebleu
+    sacrebleu = require("sacrebleu", "train", "BLEU")
 
     width = max(len(r) for r in references)
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
@@ -106,7 +108,7 @@ def cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: int
 
 def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """Mean over inputs of the best ROUGE-L F-measure against that input's references (0-100)."""
-    from rouge_score import rouge_scorer
+    rouge_scorer = require("rouge_score.rouge_scorer", "train", "ROUGE-L")
 
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     best = [max(scorer.score(r, h)["rougeL"].fmeasure for r in refs) for h, refs in zip(hypotheses, references)]

@@ -15,11 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from prefixtune.extras import require
+
+require("fastapi", "serve", "server")  # before the imports below, so that a missing fastapi names the extra
+from fastapi import FastAPI, Request as HTTPRequest  # noqa: E402
+from fastapi.exceptions import RequestValidationError  # noqa: E402
+from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
 from prefixtune.runtime.bank import UnknownAdapterError
 from prefixtune.serve.engine import BatchingEngine, Overloaded, Request, ShuttingDown

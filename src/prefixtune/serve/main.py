@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefixtune.extras import require
+
 
 def serve_from_args(args: Any) -> None:
     try:
-        import uvicorn
+        uvicorn = require("uvicorn", "serve", "server")
     except ImportError:  # pragma: no cover
         raise ValueError("serving needs the serve extra: pip install 'prefixtune[serve]'") from None
     from prefixtune.runtime.bank import AdapterBank

@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from prefixtune.extras import require
+
 
 class ServerThread:
     """``with ServerThread(app) as s:`` serves ``app`` on ``127.0.0.1:s.port`` until the block ends.
@@ -15,7 +17,7 @@ class ServerThread:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", start_timeout: float = 30.0) -> None:
-        import uvicorn
+        uvicorn = require("uvicorn", "serve", "server")
 
         sock = socket.socket()
         sock.bind((host, 0))

@@ -26,6 +26,7 @@ from prefixtune.core.config import ComposedConfig, ConfigError
 from prefixtune.io.checkpoint import CONFIG_NAME, FORMAT_VERSION, TRAINABLE_NAME, read_manifest, read_tensors
 from prefixtune.io.files import CheckpointError, write_with_manifest
 from prefixtune.methods.head import HeadConfig
+from prefixtune.extras import require
 from prefixtune.methods.params import ParameterCount
 
 
@@ -92,9 +93,9 @@ class BaselineModel(nn.Module):
         self.base_parameters = sum(p.numel() for p in base_model.parameters())
         if isinstance(config, LoraConfig):
             try:
-                import peft
-            except ImportError:
-                raise ConfigError("method 'lora' needs PEFT: pip install peft") from None
+                peft = require("peft", "peft", "LoRA baseline")
+            except ImportError as e:
+                raise ConfigError(str(e)) from None
             for p in base_model.parameters():
                 p.requires_grad_(False)
             lora = peft.LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
@@ -183,10 +184,6 @@ class BaselineModel(nn.Module):
                     raise CheckpointError(f"{path}: {name} has shape {tuple(value.shape)}, "
                                           f"the model has {tuple(live[name].shape)}")
                 live[name].copy_(value)
-
-
-def wrap_baseline(model: nn.Module, config: LoraConfig | FullConfig) -> BaselineModel:
-    return BaselineModel(model, config)
 
 
 def load_baseline(model: nn.Module, path: str | os.PathLike) -> BaselineModel:

@@ -12,6 +12,7 @@ from prefixtune.core.config import ConfigError
 from prefixtune.data.sources import DataError
 from prefixtune.data.tasks import BUILTINS, TaskSpec
 from prefixtune.train.methods import train_method
+from prefixtune.extras import require
 
 
 
@@ -115,7 +116,7 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML (``.yaml``/``.yml``) or JSON file holding a mapping of options."""
     text = Path(path).read_text()
     if str(path).endswith((".yaml", ".yml")):
-        import yaml
+        yaml = require("yaml", "train", "YAML config reading")
 
         data = yaml.safe_load(text) or {}
     else:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from prefixtune.io.checkpoint import atomic_write
 from prefixtune.data.batching import collate, encode, length_grouped_batches
 from prefixtune.data.tasks import BUILTINS, TaskSpec, load_task
+from prefixtune.extras import require
 from prefixtune.train import methods
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -93,8 +94,8 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
           stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
     after that many steps of this call, like a kill (tests use it)."""
-    from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    Accelerator = require("accelerate", "train", "training").Accelerator
+    tqdm = require("tqdm.auto", "train", "training").tqdm
 
     from prefixtune.bundled.models import load_model
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from prefixtune.extras import require
+
 
 def plot_run(metrics_file: Path, out: Path, metric: str) -> list[Path]:
     """Write ``loss.png`` and ``<metric>.png`` from ``metrics.jsonl``; returns the files written."""
-    import matplotlib
+    matplotlib = require("matplotlib", "train", "plotting")
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "train", "plotting")
 
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
     train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
