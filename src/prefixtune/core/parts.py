@@ -87,21 +87,17 @@ class Parts:
 
     # ------------------------------------------------------------------ state
 
+    def _named(self, state_of: Any) -> dict[str, torch.Tensor]:
+        return {_join(name, key): value.detach().float().contiguous().cpu()
+                for name, part in self.items() for key, value in state_of(part).items()}
+
     def inference_state(self) -> dict[str, torch.Tensor]:
         """The folded tensors inference needs: ``<part>.<name>`` -> tensor (fp32, CPU, contiguous)."""
-        out = {}
-        for name, part in self.items():
-            for key, value in part.inference_state().items():
-                out[_join(name, key)] = value.detach().float().contiguous().cpu()
-        return out
+        return self._named(lambda part: part.inference_state())
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Every part's full state (embedding + MLP, prompt encoder, head): ``<part>.<name>`` -> tensor."""
-        out = {}
-        for name, part in self.items():
-            for key, value in part.state_dict().items():
-                out[_join(name, key)] = value.detach().float().contiguous().cpu()
-        return out
+        return self._named(lambda part: part.state_dict())
 
     def _check_no_strays(self, state: dict[str, torch.Tensor]) -> None:
         names = self.names()
