@@ -9,6 +9,7 @@ import torch
 from prefixtune.data.batching import collate, encode
 from prefixtune.data.tasks import Task
 from prefixtune.evaluation.metrics import classification_scores, generation_scores
+from prefixtune.evaluation.stops import cut_at_stop
 
 
 @torch.no_grad()
@@ -42,8 +43,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
             out = model.generate(**enc, **kw)
             for row, i in zip(out, idx):
                 text = tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-                texts[i] = (text[:cut] if cut >= 0 else text).strip()
+                texts[i] = cut_at_stop(text, stop)[0].strip()
         outputs = [texts[i] for i in range(len(prompts))]
     finally:
         tokenizer.padding_side = side
