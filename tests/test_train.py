@@ -326,7 +326,8 @@ def test_trimmed_logits_give_the_same_loss(tiny_dir, method):
     import prefixtune as pt
     from prefixtune.train.baselines import BaselineModel, FullConfig, LoraConfig
     from prefixtune.data.batching import Encoded, collate
-    from prefixtune.train.loop import _accepts_logits_to_keep, batch_loss
+    from prefixtune.evaluation.loss import batch_loss
+    from prefixtune.train.loop import _accepts_logits_to_keep
 
     base = T.AutoModelForCausalLM.from_pretrained(tiny_dir)
     model = {"prefix": lambda: pt.wrap(base, pt.PrefixConfig(prefix_length=3, hidden_size=8)),
@@ -431,7 +432,7 @@ def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir,
 def test_batch_loss_of_a_batch_without_targets_is_zero(tiny_dir):
     import prefixtune as pt
     from prefixtune.data.batching import Encoded, collate
-    from prefixtune.train.loop import batch_loss
+    from prefixtune.evaluation.loss import batch_loss
 
     pm = pt.wrap(T.AutoModelForCausalLM.from_pretrained(tiny_dir), pt.PrefixConfig(prefix_length=2, hidden_size=8))
     batch = collate([Encoded([5, 6, 7], labels=[-100] * 3), Encoded([8, 9], labels=[-100] * 2)], pad_id=0)

@@ -8,6 +8,7 @@ import torch
 
 from prefixtune.data.batching import collate, encode
 from prefixtune.data.tasks import Task
+from prefixtune.evaluation.loss import batch_loss
 from prefixtune.evaluation.metrics import classification_scores, generation_scores
 from prefixtune.evaluation.stops import cut_at_stop
 
@@ -57,8 +58,6 @@ def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int
     """Scores and per-input predictions of ``model`` on ``task``: the loss (mean over target tokens
     of every input-reference pair; skipped for generation tasks when ``with_loss`` is False),
     plus BLEU & co. (generation) or accuracy and F1 (classification)."""
-    from prefixtune.train.loop import batch_loss
-
     model.eval()
     kind = task.spec.kind
     examples = task.examples

@@ -17,40 +17,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from prefixtune.io.checkpoint import atomic_write
 from prefixtune.data.batching import collate, encode, length_grouped_batches
 from prefixtune.data.tasks import BUILTINS, TaskSpec, load_task
+from prefixtune.evaluation.loss import batch_loss
 from prefixtune.train.config import TrainConfig
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
-
-
-def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: str,
-               trim_logits: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """``(sum of losses, number of target tokens or examples, logits)`` of one batch.
-
-    Generation: position ``j`` predicts token ``j + 1``; labels are shifted (not the logits, so
-    the ``(B, n, V)`` logits are never copied). With ``trim_logits`` the model computes its LM head
-    only from the position before the batch's first target token on (``logits_to_keep``): the
-    prompt positions carry no loss, so the loss is the same and the head's cost shrinks.
-    """
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if kind == "classification":
-        logits = model(**inputs).logits
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel(), logits
-    n = labels.shape[1]
-    first = 1
-    if trim_logits:
-        has_target = (labels[:, 1:] != -100).any(0)
-        first = int(has_target.nonzero()[0]) + 1 if bool(has_target.any()) else n - 1
-        inputs["logits_to_keep"] = n - first + 1
-    logits = model(**inputs).logits  # (B, n - first + 1, V): positions first-1 .. n-1
-    targets = F.pad(labels[:, first:], (0, 1), value=-100)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum()), logits
 
 
 def task_spec(cfg: TrainConfig) -> TaskSpec:
