@@ -222,6 +222,20 @@ def test_warmup_and_decay_and_the_logged_rate_is_the_rate_used(tiny_dir, e2e_dir
     assert [r["lr"] for r in rows if "train_loss" in r] == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_schedule_is_transformers_linear_schedule_one_warmup_step_ahead(warmup):
+    """The one schedule against transformers' ``get_linear_schedule_with_warmup``: the same linear
+    decay, but warmup step ``k`` runs at ``(k + 1) / warmup``, not ``k / warmup`` (no step at rate 0)."""
+    from prefixtune.train.loop import linear_warmup_decay
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = T.get_linear_schedule_with_warmup(opt, warmup, 10).lr_lambdas[0]
+    ours = linear_warmup_decay(10, warmup)
+    assert [ours(k) for k in range(10)] == pytest.approx([theirs(k + 1 if k < warmup else k) for k in range(10)],
+                                                         rel=1e-12)
+    assert ours(0) > 0 and ours(9) > 0
+
+
 def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
     """Two CPU processes (gloo) with the same global batch train the same prefix as one process."""
     single = config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=0, steps=4)

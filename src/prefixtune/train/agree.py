@@ -1,0 +1,25 @@
+"""Decisions that every training process takes together (one process: the value itself).
+
+With several processes only rank 0 evaluates, writes files and logs; anything that ends the loop
+must still be the same on every process, or the others go on to a collective that rank 0 never
+joins and the run hangs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def any_process(flag: bool, acc: Any) -> bool:
+    """True on every process when ``flag`` is true on any (an all-reduce with MAX).
+
+    ``acc`` is the run's ``accelerate.Accelerator``; the flag travels as a ``(1,)`` tensor on its
+    device (NCCL reduces only GPU tensors).
+    """
+    if acc.num_processes == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=acc.device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item())
