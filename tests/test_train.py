@@ -253,6 +253,60 @@ def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
+def launch_two_processes(args: list[str], log: Path, timeout: float) -> None:
+    """``args`` under ``torch.distributed.run`` with two CPU processes on a free port, output to
+    ``log``; fails the test unless both exit 0 within ``timeout`` seconds (a hang is a failure)."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # the launcher takes its workers down with it
+            proc.wait(timeout=60)
+            pytest.fail(f"two-process run still running after {timeout:g} s:\n{log.read_text()[-3000:]}")
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_two_processes_stop_early_together_and_a_rerun_trains_no_more(tiny_dir, e2e_dir, tmp_path):
+    """Patience 1 with scripted scores 50, 40 at steps 1, 2: only rank 0 evaluates, yet both processes
+    stop after step 2 (no hang, no diverging ranks); the checkpoint records the stop, and a
+    two-process rerun resumes from it and trains no more."""
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=6, eval_every=1, save_every=100, patience=1)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "scores.json").write_text(json.dumps([50.0, 40.0, 45.0, 44.0]))
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+
+    def run_twice(tag: str) -> list[dict]:
+        seen = tmp_path / tag
+        seen.mkdir()
+        # a hung process gives up after 60 s (ddp_worker.py), the launcher then ends the other one
+        launch_two_processes([worker, str(tmp_path / "cfg.json"), str(tmp_path / "scores.json"), str(seen), "60"],
+                             tmp_path / f"{tag}.log", timeout=120)
+        return [json.loads((seen / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+    first = run_twice("first")
+    assert [s["optimizer_steps"] for s in first] == [2, 2]
+    assert first[0]["result"]["steps_done"] == 2 and first[0]["result"]["best_step"] == 1
+    assert first[1]["result"] == {}  # only rank 0 reports
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
+    progress = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())["progress"]
+    assert progress["stopped"].startswith("early stopping at step 2") and progress["bad_evals"] == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2, 2, 2]  # train, eval, train, eval, final eval
+    again = run_twice("again")
+    assert [s["optimizer_steps"] for s in again] == [0, 0]
+    assert again[0]["result"]["steps_done"] == 2 and again[0]["result"]["best"] == 50.0
+
+
 def baseline_state(run: Path, tiny_dir) -> dict:
     from prefixtune.train.baselines import load_baseline
 

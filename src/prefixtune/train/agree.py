@@ -2,14 +2,16 @@
 
 With several processes only rank 0 evaluates, writes files and logs; anything that ends the loop
 must still be the same on every process, or the others go on to a collective that rank 0 never
-joins and the run hangs.
+joins and the run hangs. These two helpers are the only ways such values cross processes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def any_process(flag: bool, acc: Any) -> bool:
@@ -23,3 +25,14 @@ def any_process(flag: bool, acc: Any) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=acc.device)
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
     return bool(value.item())
+
+
+def from_main(value: T, acc: Any) -> T:
+    """Rank 0's ``value`` on every process (any picklable object; the others' values are ignored)."""
+    if acc.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]

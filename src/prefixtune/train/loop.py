@@ -8,7 +8,8 @@ global count, so one process and several give the same gradients.
 :func:`train` reads top to bottom: :func:`setup` builds the run, :func:`resume_latest` restores
 the newest valid checkpoint, then each step is :func:`train_step`, an :func:`evaluate_step` every
 ``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes
-the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates and writes files.
+the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates and writes files, but
+every decision that ends the loop is the same on all processes (:mod:`prefixtune.train.agree`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from prefixtune.data.tasks import BUILTINS, Task, TaskSpec, load_task
 from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
 from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.checkpoint import atomic_write
-from prefixtune.train.agree import any_process
+from prefixtune.train.agree import any_process, from_main
 from prefixtune.train.config import TrainConfig
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
@@ -202,9 +203,10 @@ def fresh_progress() -> dict[str, Any]:
 def resume_latest(run: Run) -> tuple[int, dict[str, Any]]:
     """``(step, progress)`` from the newest checkpoint that verifies, or ``(0, fresh_progress())``.
 
+    Rank 0 picks the checkpoint and every process loads that one, so all start at the same step.
     Rows that the interrupted run logged to ``metrics.jsonl`` after its checkpoint are dropped.
     """
-    found = latest_valid(run.out / "checkpoints", run.log if run.main else (lambda m: None))
+    found = from_main(latest_valid(run.out / "checkpoints", run.log) if run.main else None, run.acc)
     if found is None:
         return 0, fresh_progress()
     meta = load_state(found, run.model, run.optimizer, run.scheduler)
@@ -287,18 +289,22 @@ def keep_best(run: Run, progress: dict[str, Any], step: int, scores: dict[str, f
     return False
 
 
+SHARED_PROGRESS = ("best", "best_step", "bad_evals", "history")  # what evaluation changes
+
+
 def evaluate_step(run: Run, step: int, progress: dict[str, Any]) -> None:
     """Evaluate after step ``step`` (rank 0), keep the best and count evaluations without
-    improvement."""
+    improvement; then every process takes rank 0's record, so all decide patience alike."""
     if run.main:
         improved = keep_best(run, progress, step, score(run, step), ties_win=False)
         progress["bad_evals"] = 0 if improved else progress["bad_evals"] + 1
-    run.acc.wait_for_everyone()
+    progress.update(from_main({k: progress[k] for k in SHARED_PROGRESS}, run.acc))
 
 
 def stop_reason(run: Run, step: int, progress: dict[str, Any], evaluated: bool) -> str | None:
-    """Why training ends after step ``step`` (before ``cfg.steps``), or None: the time budget
-    counts once any process has used it up; patience only after an evaluation."""
+    """Why training ends after step ``step`` (before ``cfg.steps``), or None; the same on every
+    process: the time budget counts once any process has used it up, patience reads the shared
+    evaluation record (only after an evaluation)."""
     cfg = run.cfg
     if cfg.max_seconds is not None and any_process(progress["train_seconds"] >= cfg.max_seconds, run.acc):
         return f"time budget of {cfg.max_seconds:g} s reached at step {step}"
