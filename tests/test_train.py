@@ -222,6 +222,20 @@ def test_warmup_and_decay_and_the_logged_rate_is_the_rate_used(tiny_dir, e2e_dir
     assert [r["lr"] for r in rows if "train_loss" in r] == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("warmup", [0, 1, 3])
+def test_schedule_is_transformers_linear_schedule_one_warmup_step_ahead(warmup):
+    """The one schedule against transformers' ``get_linear_schedule_with_warmup``: the same linear
+    decay, but warmup step ``k`` runs at ``(k + 1) / warmup``, not ``k / warmup`` (no step at rate 0)."""
+    from prefixtune.train.loop import linear_warmup_decay
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs = T.get_linear_schedule_with_warmup(opt, warmup, 10).lr_lambdas[0]
+    ours = linear_warmup_decay(10, warmup)
+    assert [ours(k) for k in range(10)] == pytest.approx([theirs(k + 1 if k < warmup else k) for k in range(10)],
+                                                         rel=1e-12)
+    assert ours(0) > 0 and ours(9) > 0
+
+
 def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
     """Two CPU processes (gloo) with the same global batch train the same prefix as one process."""
     single = config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=0, steps=4)
@@ -237,6 +251,60 @@ def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
     a, b = adapter_state(tmp_path / "single", tiny_dir), adapter_state(tmp_path / "ddp", tiny_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def launch_two_processes(args: list[str], log: Path, timeout: float) -> None:
+    """``args`` under ``torch.distributed.run`` with two CPU processes on a free port, output to
+    ``log``; fails the test unless both exit 0 within ``timeout`` seconds (a hang is a failure)."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), *args]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)  # the launcher takes its workers down with it
+            proc.wait(timeout=60)
+            pytest.fail(f"two-process run still running after {timeout:g} s:\n{log.read_text()[-3000:]}")
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_two_processes_stop_early_together_and_a_rerun_trains_no_more(tiny_dir, e2e_dir, tmp_path):
+    """Patience 1 with scripted scores 50, 40 at steps 1, 2: only rank 0 evaluates, yet both processes
+    stop after step 2 (no hang, no diverging ranks); the checkpoint records the stop, and a
+    two-process rerun resumes from it and trains no more."""
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=6, eval_every=1, save_every=100, patience=1)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "scores.json").write_text(json.dumps([50.0, 40.0, 45.0, 44.0]))
+    worker = str(ROOT / "tests" / "ddp_worker.py")
+
+    def run_twice(tag: str) -> list[dict]:
+        seen = tmp_path / tag
+        seen.mkdir()
+        # a hung process gives up after 60 s (ddp_worker.py), the launcher then ends the other one
+        launch_two_processes([worker, str(tmp_path / "cfg.json"), str(tmp_path / "scores.json"), str(seen), "60"],
+                             tmp_path / f"{tag}.log", timeout=120)
+        return [json.loads((seen / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+    first = run_twice("first")
+    assert [s["optimizer_steps"] for s in first] == [2, 2]
+    assert first[0]["result"]["steps_done"] == 2 and first[0]["result"]["best_step"] == 1
+    assert first[1]["result"] == {}  # only rank 0 reports
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002"]
+    progress = json.loads((run / "checkpoints" / "step-000002" / "state.json").read_text())["progress"]
+    assert progress["stopped"].startswith("early stopping at step 2") and progress["bad_evals"] == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 1, 2, 2, 2]  # train, eval, train, eval, final eval
+    again = run_twice("again")
+    assert [s["optimizer_steps"] for s in again] == [0, 0]
+    assert again[0]["result"]["steps_done"] == 2 and again[0]["result"]["best"] == 50.0
 
 
 def baseline_state(run: Path, tiny_dir) -> dict:
@@ -326,7 +394,8 @@ def test_trimmed_logits_give_the_same_loss(tiny_dir, method):
     import prefixtune as pt
     from prefixtune.train.baselines import BaselineModel, FullConfig, LoraConfig
     from prefixtune.data.batching import Encoded, collate
-    from prefixtune.train.loop import _accepts_logits_to_keep, batch_loss
+    from prefixtune.evaluation.loss import batch_loss
+    from prefixtune.train.loop import _accepts_logits_to_keep
 
     base = T.AutoModelForCausalLM.from_pretrained(tiny_dir)
     model = {"prefix": lambda: pt.wrap(base, pt.PrefixConfig(prefix_length=3, hidden_size=8)),
@@ -431,7 +500,7 @@ def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir,
 def test_batch_loss_of_a_batch_without_targets_is_zero(tiny_dir):
     import prefixtune as pt
     from prefixtune.data.batching import Encoded, collate
-    from prefixtune.train.loop import batch_loss
+    from prefixtune.evaluation.loss import batch_loss
 
     pm = pt.wrap(T.AutoModelForCausalLM.from_pretrained(tiny_dir), pt.PrefixConfig(prefix_length=2, hidden_size=8))
     batch = collate([Encoded([5, 6, 7], labels=[-100] * 3), Encoded([8, 9], labels=[-100] * 2)], pad_id=0)

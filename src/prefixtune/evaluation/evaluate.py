@@ -8,8 +8,10 @@ import torch
 
 from prefixtune.data.batching import collate, encode
 from prefixtune.data.tasks import Task
+from prefixtune.evaluation.loss import batch_loss
 from prefixtune.evaluation.metrics import classification_scores, generation_scores
 from prefixtune.extras import require
+from prefixtune.evaluation.stops import cut_at_stop
 
 
 @torch.no_grad()
@@ -43,8 +45,7 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
             out = model.generate(**enc, **kw)
             for row, i in zip(out, idx):
                 text = tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                cut = min((text.find(s) for s in stop if s and s in text), default=-1)
-                texts[i] = (text[:cut] if cut >= 0 else text).strip()
+                texts[i] = cut_at_stop(text, stop)[0].strip()
         outputs = [texts[i] for i in range(len(prompts))]
     finally:
         tokenizer.padding_side = side
@@ -58,8 +59,6 @@ def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int
     """Scores and per-input predictions of ``model`` on ``task``: the loss (mean over target tokens
     of every input-reference pair; skipped for generation tasks when ``with_loss`` is False),
     plus BLEU & co. (generation) or accuracy and F1 (classification)."""
-    from prefixtune.train.loop import batch_loss
-
     model.eval()
     kind = task.spec.kind
     examples = task.examples

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from prefixtune.evaluation.stops import cut_at_stop
+
 POLICIES = ("mixed", "same", "none")
 
 
@@ -208,9 +210,9 @@ class BatchingEngine:
                 return
             req.tokens.append(tok)
             text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
-            cut = min((text.find(s) for s in req.stop if s and s in text), default=-1)
-            if cut >= 0:
-                self._emit(req, text[:cut])
+            text, stopped = cut_at_stop(text, req.stop)
+            if stopped:
+                self._emit(req, text)
                 self._finish(req, "stop")
                 return
             self._emit(req, text)
@@ -229,9 +231,7 @@ class BatchingEngine:
     def _finish(self, req: Request, reason: str, error: Exception | None = None) -> None:
         req.finish_reason = reason
         if error is None:
-            final = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
-            cut = min((final.find(s) for s in req.stop if s and s in final), default=-1)
-            final = final[:cut] if cut >= 0 else final
+            final, _ = cut_at_stop(self.tokenizer.decode(req.tokens, skip_special_tokens=True), req.stop)
             if len(final) > len(req.text) and final.startswith(req.text):
                 if req.stream is not None and req.loop is not None:
                     req.loop.call_soon_threadsafe(req.stream.put_nowait, final[len(req.text):])

@@ -1,58 +1,44 @@
-"""The training loop (Hugging Face accelerate): one process or several (DDP), resumable.
+"""The training recipe (Hugging Face accelerate): one process or several (DDP), resumable.
 
 Every optimizer step takes one global batch of ``batch_size`` examples (a deterministic,
 length-grouped order per epoch). The batch is cut into ``grad_accum`` micro-batches and each of
 those across processes; the loss is the sum over target tokens (or examples) divided by the
 global count, so one process and several give the same gradients.
+
+:func:`train` reads top to bottom: :func:`setup` builds the run, :func:`resume_latest` restores
+the newest valid checkpoint, then each step is :func:`train_step`, an :func:`evaluate_step` every
+``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes
+the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates and writes files, but
+every decision that ends the loop is the same on all processes (:mod:`prefixtune.train.agree`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
+from prefixtune.bundled.models import load_model
+from prefixtune.data.batching import Encoded, collate, encode, length_grouped_batches
+from prefixtune.data.tasks import Task, TaskSpec, load_task
+from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
+from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.checkpoint import atomic_write
-from prefixtune.data.batching import collate, encode, length_grouped_batches
-from prefixtune.data.tasks import BUILTINS, TaskSpec, load_task
 from prefixtune.extras import require
+from prefixtune.hf.boundary import accepts_logits_to_keep
 from prefixtune.train import methods
+from prefixtune.train.agree import any_process, from_main
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
 
 
-def batch_loss(model: Any, batch: dict[str, torch.Tensor], kind: str,
-               trim_logits: bool = False) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """``(sum of losses, number of target tokens or examples, logits)`` of one batch.
-
-    Generation: position ``j`` predicts token ``j + 1``; labels are shifted (not the logits, so
-    the ``(B, n, V)`` logits are never copied). With ``trim_logits`` the model computes its LM head
-    only from the position before the batch's first target token on (``logits_to_keep``): the
-    prompt positions carry no loss, so the loss is the same and the head's cost shrinks.
-    """
-    labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    if kind == "classification":
-        logits = model(**inputs).logits
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel(), logits
-    n = labels.shape[1]
-    first = 1
-    if trim_logits:
-        has_target = (labels[:, 1:] != -100).any(0)
-        first = int(has_target.nonzero()[0]) + 1 if bool(has_target.any()) else n - 1
-        inputs["logits_to_keep"] = n - first + 1
-    logits = model(**inputs).logits  # (B, n - first + 1, V): positions first-1 .. n-1
-    targets = F.pad(labels[:, first:], (0, 1), value=-100)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum()), logits
 
 
 def method_config(cfg: TrainConfig, kind: str, num_labels: int = 2) -> Any:
@@ -71,190 +57,291 @@ def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: in
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
-    from prefixtune.hf.boundary import accepts_logits_to_keep
-
     inner = getattr(model, "net", None) if hasattr(model, "net") else getattr(model, "base_model", model)
     return accepts_logits_to_keep(inner)
 
 
-def _any_process(flag: bool, world: int) -> bool:
-    """True on every process when ``flag`` is true on any (so all processes stop at the same step)."""
-    if world == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0])
-    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-    return bool(value.item())
+def linear_warmup_decay(total: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor of step ``s`` (0-based) for ``LambdaLR``: linear warmup over
+    ``warmup`` steps, then linear decay over the rest, ``min((s + 1) / warmup, (total - s) / (total - warmup))``.
 
-
-def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    The first step already trains (``1 / warmup``, not 0 as in transformers'
+    ``get_linear_schedule_with_warmup``), the peak 1 is at step ``warmup - 1`` and the last step
+    still trains (``1 / (total - warmup)``). ``warmup=0`` starts at the full rate.
+    """
     return lambda s: min((s + 1) / max(1, warmup), max(0.0, (total - s) / max(1, total - warmup)))
 
 
-def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
-    after that many steps of this call, like a kill (tests use it)."""
+@dataclass
+class TrainData:
+    """The encoded training examples and the global batch (example indices) of every step."""
+
+    encoded: list[Encoded]
+    batch_size: int
+    seed: int
+    _epoch: tuple[int, list[list[int]]] = field(default_factory=lambda: (-1, []), repr=False)  # current epoch, its batches
+
+    def batch_of(self, step: int) -> list[int]:
+        """Step ``step``'s ``batch_size`` indices: epochs of ``len // batch_size`` steps, each in its
+        own length-grouped order (deterministic in ``(seed, epoch)``)."""
+        epoch, within = divmod(step, max(1, len(self.encoded) // self.batch_size))
+        if self._epoch[0] != epoch:
+            lengths = [len(e.input_ids) for e in self.encoded]
+            self._epoch = (epoch, length_grouped_batches(lengths, self.batch_size, self.seed, epoch))
+        return self._epoch[1][within]
+
+
+@dataclass
+class Run:
+    """The live objects of one training run, built by :func:`setup`."""
+
+    cfg: TrainConfig
+    acc: Any  # accelerate.Accelerator
+    spec: TaskSpec  # classification: with the label set of the training data
+    tok: Any
+    model: Any  # the trainable model (a prefixtune adapter or a baseline)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    data: TrainData
+    log: Callable[[str], None]
+    trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
+    ddp: Any = None  # the model as the steps call it: DDP-wrapped with several processes (set after resuming)
+    eval_task: Task | None = None  # loaded at the first evaluation
+
+    @property
+    def main(self) -> bool:
+        return self.acc.is_main_process
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    @property
+    def metric(self) -> str:
+        """The score that picks ``best/`` and drives early stopping."""
+        return "bleu" if self.spec.kind == "generation" else "accuracy"
+
+    def write_metrics(self, row: dict[str, Any]) -> None:
+        """Append one row to ``metrics.jsonl`` (rank 0 only)."""
+        if self.main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def setup(cfg: TrainConfig, log: Callable[[str], None]) -> Run:
+    """Accelerator, ``config.json``, seeds, model, training data, AdamW and its schedule."""
     Accelerator = require("accelerate", "train", "training").Accelerator
-    tqdm = require("tqdm.auto", "train", "training").tqdm
-
-    from prefixtune.bundled.models import load_model
-
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    main = acc.is_main_process
-    world, rank = acc.num_processes, acc.process_index
-    out = Path(cfg.out)
-    spec = task_spec(cfg)
     micro = cfg.batch_size // cfg.grad_accum
-    if micro % world:
-        raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {world} processes")
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    if micro % acc.num_processes:
+        raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {acc.num_processes} processes")
+    spec = task_spec(cfg)
+    if acc.is_main_process:
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(cfg.out) / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-
     method_config(cfg, spec.kind)  # bad options fail before the model loads
     base, tok = load_model(cfg.model, task=model_task(cfg, spec.kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit, sample_seed=cfg.train_sample_seed)
     spec = train_task.spec  # classification: the label set is known now
-    pm = build_model(cfg, base, tok, spec.kind, max(2, len(spec.labels)))
+    model = build_model(cfg, base, tok, spec.kind, max(2, len(spec.labels)))
     if cfg.gradient_checkpointing:
-        pm.gradient_checkpointing_enable()
+        model.gradient_checkpointing_enable()
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
-    if main:
-        log(f"{len(encoded)} training examples ({report}); {pm.count_parameters()}")
-    lengths = [len(e.input_ids) for e in encoded]
-    per_epoch = max(1, len(encoded) // cfg.batch_size)
-    optimizer = torch.optim.AdamW(pm.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.steps, int(cfg.warmup_ratio * cfg.steps)))
-    progress: dict[str, Any] = {"best": None, "best_step": None, "bad_evals": 0, "history": []}
-    start = 0
-    if resume:
-        found = latest_valid(out / "checkpoints", log if main else (lambda m: None))
-        if found is not None:
-            meta = load_state(found, pm, optimizer, scheduler)
-            start, progress = meta["step"], meta["progress"]
-            if main:
-                log(f"resuming from {found} (step {start})")
-                metrics = out / "metrics.jsonl"
-                if metrics.is_file():  # drop what the interrupted run logged after its checkpoint
-                    kept = [line for line in metrics.read_text().splitlines()
-                            if line.strip() and json.loads(line).get("step", 0) <= start]
-                    atomic_write(metrics, "".join(line + "\n" for line in kept).encode())
-    ddp = acc.prepare_model(pm) if world > 1 else pm
-    trim = spec.kind == "generation" and _accepts_logits_to_keep(pm)
-    pad = tok.pad_token_id
-    eval_task = None
-    metric = "bleu" if spec.kind == "generation" else "accuracy"
-    metrics_file = out / "metrics.jsonl"
+    if acc.is_main_process:
+        log(f"{len(encoded)} training examples ({report}); {model.count_parameters()}")
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = linear_warmup_decay(cfg.steps, int(cfg.warmup_ratio * cfg.steps))
+    return Run(cfg, acc, spec, tok, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+               TrainData(encoded, cfg.batch_size, cfg.seed), log,
+               trim=spec.kind == "generation" and _accepts_logits_to_keep(model))
 
-    def write_metrics(record: dict[str, Any]) -> None:
-        if main:
-            with open(metrics_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
-    def run_eval(step: int) -> dict[str, float]:
-        nonlocal eval_task
-        from prefixtune.evaluation.evaluate import evaluate
+def fresh_progress() -> dict[str, Any]:
+    """The progress record of a run that has not trained yet (saved in every checkpoint)."""
+    return {"best": None, "best_step": None, "bad_evals": 0, "history": []}
 
-        if eval_task is None:
-            eval_task = load_task(spec, cfg.eval_split, data=cfg.data)
-        scores, _ = evaluate(pm, tok, eval_task, cfg.max_length, cfg.eval_limit, max_new_tokens=cfg.max_new_tokens,
-                             num_beams=cfg.num_beams, stop=cfg.stop)
-        pm.train()
-        write_metrics({"step": step, "split": cfg.eval_split, **scores})
-        return scores
 
-    pm.train()
-    memory = PeakMemory(acc.device)
+def resume_latest(run: Run) -> tuple[int, dict[str, Any]]:
+    """``(step, progress)`` from the newest checkpoint that verifies, or ``(0, fresh_progress())``.
+
+    Rank 0 picks the checkpoint and every process loads that one, so all start at the same step.
+    Rows that the interrupted run logged to ``metrics.jsonl`` after its checkpoint are dropped.
+    """
+    found = from_main(latest_valid(run.out / "checkpoints", run.log) if run.main else None, run.acc)
+    if found is None:
+        return 0, fresh_progress()
+    meta = load_state(found, run.model, run.optimizer, run.scheduler)
+    start = meta["step"]
+    metrics = run.out / "metrics.jsonl"
+    if run.main:
+        run.log(f"resuming from {found} (step {start})")
+        if metrics.is_file():
+            kept = [line for line in metrics.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start]
+            atomic_write(metrics, "".join(line + "\n" for line in kept).encode())
+    return start, meta["progress"]
+
+
+def _accumulate(run: Run, batch_idx: list[int], global_count: int) -> tuple[float, int]:
+    """Forward and backward over the ``grad_accum`` micro-batches of this process's share of the
+    global batch; the gradient is that of ``loss sum / global_count``. Returns ``(this process's
+    loss sum, its non-padding tokens)``."""
+    cfg, acc = run.cfg, run.acc
+    world, micro = acc.num_processes, cfg.batch_size // cfg.grad_accum
+    loss_total, tokens = 0.0, 0
+    for m in range(cfg.grad_accum):
+        part = batch_idx[m * micro:(m + 1) * micro][acc.process_index::world]
+        rows = [run.data.encoded[i] for i in part]
+        batch = {k: v.to(acc.device) for k, v in collate(rows, run.tok.pad_token_id).items()}
+        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss_sum, _, _ = batch_loss(run.ddp, batch, run.spec.kind, trim_logits=run.trim)
+        (loss_sum / global_count * world).backward()  # DDP averages over processes
+        loss_total += float(loss_sum.detach())
+        tokens += int(batch["attention_mask"].sum())
+    return loss_total, tokens
+
+
+def train_step(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
+    """One optimizer step on step ``step``'s (0-based) global batch; logs and returns its metrics
+    row and adds its tokens and wall time (data, forward, backward, update) to ``progress``."""
+    step_start = time.perf_counter()
+    world = run.acc.num_processes
+    batch_idx = run.data.batch_of(step)
+    encoded = run.data.encoded
+    global_count = sum(sum(1 for t in encoded[i].labels[1:] if t != -100) if run.spec.kind == "generation" else 1
+                       for i in batch_idx)
+    t0 = time.perf_counter()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss_total, tokens = _accumulate(run, batch_idx, global_count)
+    if run.cfg.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.model.trainable_parameters(), run.cfg.max_grad_norm)
+    lr_used = run.optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
+    run.optimizer.step()
+    run.scheduler.step()
+    row = {"step": step + 1, "train_loss": loss_total * world / global_count,  # this process's share, scaled
+           "lr": lr_used, "tokens_per_s": tokens * world / (time.perf_counter() - t0)}
+    progress["train_tokens"] = progress.get("train_tokens", 0) + tokens * world
+    run.write_metrics(row)
+    progress["train_seconds"] = progress.get("train_seconds", 0.0) + time.perf_counter() - step_start
+    return row
+
+
+def score(run: Run, step: int) -> dict[str, float]:
+    """The model's scores on the eval split (logged to ``metrics.jsonl``); the model goes back to training mode."""
+    cfg = run.cfg
+    if run.eval_task is None:
+        run.eval_task = load_task(run.spec, cfg.eval_split, data=cfg.data)
+    scores, _ = evaluation.evaluate(run.model, run.tok, run.eval_task, cfg.max_length, cfg.eval_limit,
+                                    max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, stop=cfg.stop)
+    run.model.train()
+    run.write_metrics({"step": step, "split": cfg.eval_split, **scores})
+    return scores
+
+
+def keep_best(run: Run, progress: dict[str, Any], step: int, scores: dict[str, float], ties_win: bool) -> bool:
+    """Add ``scores`` to the history; if they beat the best (or equal it, with ``ties_win``), they
+    become the best and the model is saved to ``best/``. Returns whether they did."""
+    progress["history"].append({"step": step, **scores})
+    value, best = scores[run.metric], progress["best"]
+    if best is None or value > best or (ties_win and value == best):
+        progress.update(best=value, best_step=step)
+        run.model.save_pretrained(run.out / "best")
+        return True
+    return False
+
+
+SHARED_PROGRESS = ("best", "best_step", "bad_evals", "history")  # what evaluation changes
+
+
+def evaluate_step(run: Run, step: int, progress: dict[str, Any]) -> None:
+    """Evaluate after step ``step`` (rank 0), keep the best and count evaluations without
+    improvement; then every process takes rank 0's record, so all decide patience alike."""
+    if run.main:
+        improved = keep_best(run, progress, step, score(run, step), ties_win=False)
+        progress["bad_evals"] = 0 if improved else progress["bad_evals"] + 1
+    progress.update(from_main({k: progress[k] for k in SHARED_PROGRESS}, run.acc))
+
+
+def stop_reason(run: Run, step: int, progress: dict[str, Any], evaluated: bool) -> str | None:
+    """Why training ends after step ``step`` (before ``cfg.steps``), or None; the same on every
+    process: the time budget counts once any process has used it up, patience reads the shared
+    evaluation record (only after an evaluation)."""
+    cfg = run.cfg
+    if cfg.max_seconds is not None and any_process(progress["train_seconds"] >= cfg.max_seconds, run.acc):
+        return f"time budget of {cfg.max_seconds:g} s reached at step {step}"
+    if evaluated and cfg.patience is not None and progress["bad_evals"] >= cfg.patience:
+        return f"early stopping at step {step}: no {run.metric} improvement in {cfg.patience} evaluations"
+    return None
+
+
+def save_checkpoint(run: Run, step: int, progress: dict[str, Any], stopping: bool) -> None:
+    """Every ``save_every`` steps, at the last step and when stopping: a resumable checkpoint
+    (rank 0; the last two are kept). Every process waits for it."""
+    cfg = run.cfg
+    if run.main and (step % cfg.save_every == 0 or step == cfg.steps or stopping):
+        save_state(run.out / "checkpoints", step, run.model, run.optimizer, run.scheduler, progress)
+        for old in sorted((run.out / "checkpoints").glob("step-*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    run.acc.wait_for_everyone()
+
+
+def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None) -> dict[str, Any]:
+    """The final adapter (``adapter/``), a final evaluation (``best/`` on a tie too), the plots and
+    ``result.json`` (rank 0, which returns the result; the others return ``{}``)."""
+    result: dict[str, Any] = {}
+    if run.main:
+        run.model.save_pretrained(run.out / "adapter")
+        scores = score(run, step)
+        keep_best(run, progress, step, scores, ties_win=True)
+        from prefixtune.train.plots import plot_run  # matplotlib, an optional extra
+
+        plot_run(run.out / "metrics.jsonl", run.out, run.metric)
+        count = run.model.count_parameters()
+        result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
+                  "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
+                  "peak_memory_mib": peak_mib, "steps_done": step,
+                  "parameters": vars(count) | {"trainable_percent": count.trainable_percent}}
+        atomic_write(run.out / "result.json", json.dumps(result, indent=2).encode())
+    run.acc.wait_for_everyone()
+    return result
+
+
+def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
+    after that many steps of this call, like a kill (tests use it)."""
+    tqdm = require("tqdm.auto", "train", "training").tqdm
+
+    run = setup(cfg, log)
+    start, progress = resume_latest(run) if resume else (0, fresh_progress())
+    run.ddp = run.acc.prepare_model(run.model) if run.acc.num_processes > 1 else run.model
+    run.model.train()
+    memory = PeakMemory(run.acc.device)
     memory.start()
-    done_here = 0
     current = start
-    stopped_early = bool(progress.get("stopped"))  # a resumed run that had already stopped trains no more
-    bar = tqdm(range(start, start if stopped_early else cfg.steps),
-               desc=f"training {cfg.method} on {spec.name}", unit="step", disable=not main,
-               initial=start, total=cfg.steps)
-    epoch_batches: dict[int, list[list[int]]] = {}
-    for step in bar:
-        step_start = time.perf_counter()
-        epoch, within = divmod(step, per_epoch)
-        if epoch not in epoch_batches:
-            epoch_batches.clear()
-            epoch_batches[epoch] = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, epoch)
-        batch_idx = epoch_batches[epoch][within]
-        global_count = sum(sum(1 for t in encoded[i].labels[1:] if t != -100) if spec.kind == "generation" else 1
-                           for i in batch_idx)
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss_total, tokens = 0.0, 0
-        for m in range(cfg.grad_accum):
-            part = batch_idx[m * micro:(m + 1) * micro][rank::world]
-            batch = {k: v.to(acc.device) for k, v in collate([encoded[i] for i in part], pad).items()}
-            with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss_sum, _, _ = batch_loss(ddp, batch, spec.kind, trim_logits=trim)
-            (loss_sum / global_count * world).backward()
-            loss_total += float(loss_sum.detach())
-            tokens += int(batch["attention_mask"].sum())
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(pm.trainable_parameters(), cfg.max_grad_norm)
-        lr_used = optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
-        optimizer.step()
-        scheduler.step()
-        loss_value = loss_total * world / global_count  # this process's share, scaled (exact with 1 process)
-        rate = tokens * world / (time.perf_counter() - t0)
-        progress["train_tokens"] = progress.get("train_tokens", 0) + tokens * world
-        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{rate:.0f}")
-        write_metrics({"step": step + 1, "train_loss": loss_value, "lr": lr_used, "tokens_per_s": rate})
-        # wall time of training steps (data, forward, backward, update; not evaluation or checkpoints)
-        progress["train_seconds"] = progress.get("train_seconds", 0.0) + time.perf_counter() - step_start
+    stopped = bool(progress.get("stopped"))  # a resumed run that had already stopped trains no more
+    bar = tqdm(range(start, start if stopped else cfg.steps), desc=f"training {cfg.method} on {run.spec.name}",
+               unit="step", disable=not run.main, initial=start, total=cfg.steps)
+    for done_here, step in enumerate(bar, 1):
+        row = train_step(run, step, progress)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
         current = step + 1
-        if cfg.max_seconds is not None and _any_process(progress["train_seconds"] >= cfg.max_seconds, world):
-            stopped_early = True
-            progress["stopped"] = f"time budget of {cfg.max_seconds:g} s reached at step {current}"
-        if cfg.eval_every and current % cfg.eval_every == 0 and current < cfg.steps:
-            if main:
-                scores = run_eval(current)
-                progress["history"].append({"step": current, **scores})
-                if progress["best"] is None or scores[metric] > progress["best"]:
-                    progress.update(best=scores[metric], best_step=current, bad_evals=0)
-                    pm.save_pretrained(out / "best")
-                else:
-                    progress["bad_evals"] += 1
-            acc.wait_for_everyone()
-            if cfg.patience is not None and progress["bad_evals"] >= cfg.patience and not stopped_early:
-                stopped_early = True
-                progress["stopped"] = f"early stopping at step {current}: no {metric} improvement in {cfg.patience} evaluations"
-        if main and (current % cfg.save_every == 0 or current == cfg.steps or stopped_early):
-            save_state(out / "checkpoints", current, pm, optimizer, scheduler, progress)
-            for old in sorted((out / "checkpoints").glob("step-*"))[:-2]:  # keep the last two
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        done_here += 1
-        if stopped_early:
-            if main:
-                log(progress["stopped"])
+        evaluated = bool(cfg.eval_every) and current % cfg.eval_every == 0 and current < cfg.steps
+        if evaluated:
+            evaluate_step(run, current, progress)
+        reason = stop_reason(run, current, progress, evaluated)
+        if reason is not None:
+            progress["stopped"] = reason
+        save_checkpoint(run, current, progress, stopping=reason is not None)
+        if reason is not None:
+            if run.main:
+                log(reason)
             break
         if stop_after is not None and done_here >= stop_after:
             return {"stopped_at": current}
     bar.close()
-    peak = memory.peak_mib()
-    result: dict[str, Any] = {}
-    if main:
-        pm.save_pretrained(out / "adapter")
-        scores = run_eval(current)
-        progress["history"].append({"step": current, **scores})
-        if progress["best"] is None or scores[metric] >= progress["best"]:
-            progress.update(best=scores[metric], best_step=current)
-            pm.save_pretrained(out / "best")
-        from prefixtune.train.plots import plot_run
-
-        plot_run(metrics_file, out, metric)
-        result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
-                  "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
-                  "peak_memory_mib": peak, "steps_done": current,
-                  "parameters": vars(pm.count_parameters()) | {"trainable_percent": pm.count_parameters().trainable_percent}}
-        atomic_write(out / "result.json", json.dumps(result, indent=2).encode())
-    acc.wait_for_everyone()
-    return result
+    return finish(run, current, progress, memory.peak_mib())

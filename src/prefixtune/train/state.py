@@ -7,7 +7,6 @@ newest checkpoint that verifies; a partial or corrupt one is reported and skippe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -19,13 +18,10 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from prefixtune.io.checkpoint import CheckpointError, atomic_write
+from prefixtune.io.checkpoint import read_manifest, read_tensors
+from prefixtune.io.files import CheckpointError, read_verified, write_with_manifest
 
 STATE = "state.json"
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -60,8 +56,6 @@ def save_state(root: Path, step: int, model: Any, optimizer: torch.optim.Optimiz
     tensors = {f"opt.{i}.{k}": v.detach().cpu().contiguous() for i, s in opt["state"].items()
                for k, v in s.items() if isinstance(v, torch.Tensor)}
     tensors["rng.torch"] = torch.get_rng_state()
-    blob = st_save(tensors)
-    atomic_write(tmp / "state.safetensors", blob)
     meta = {
         "step": step,
         "progress": progress,
@@ -70,9 +64,8 @@ def save_state(root: Path, step: int, model: Any, optimizer: torch.optim.Optimiz
                         for i, s in opt["state"].items()},
         "scheduler": _jsonable(scheduler.state_dict()),  # lr_lambdas are stored as None (plain functions)
         "python_random": _jsonable(random.getstate()),
-        "sha256": {"state.safetensors": _sha(blob)},
     }
-    atomic_write(tmp / STATE, json.dumps(meta).encode())
+    write_with_manifest(tmp, {"state.safetensors": st_save(tensors)}, meta, STATE, checksums_key="sha256")
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -85,12 +78,8 @@ def verify(path: Path) -> dict[str, Any]:
         meta = json.loads((path / STATE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: unreadable {STATE} ({e})") from None
-    for name, digest in meta["sha256"].items():
-        file = path / name
-        if not file.is_file() or _sha(file.read_bytes()) != digest:
-            raise CheckpointError(f"{file}: missing or corrupt")
-    from prefixtune.io.checkpoint import read_manifest, read_tensors
-
+    for name in meta["sha256"]:
+        read_verified(path, name, meta["sha256"], STATE)
     manifest = read_manifest(path / "adapter")
     for name in manifest["files"]:
         read_tensors(path / "adapter", name, manifest)

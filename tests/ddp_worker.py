@@ -1,0 +1,38 @@
+"""One process of a two-process run (launched by tests/test_train_ddp.py with torch.distributed.run).
+
+Usage: ``ddp_worker.py CONFIG.json SCORES.json SEEN_DIR DEADLINE``. Rank 0's evaluations return the
+scripted BLEU scores in order (only rank 0 evaluates); every process counts its optimizer steps and
+writes ``SEEN_DIR/rank-<rank>.json`` with that count and what ``train`` returned. A process still
+running after DEADLINE seconds (a hang) prints its stack and exits with an error.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+import prefixtune.evaluation.evaluate as ev
+from prefixtune.train.config import TrainConfig
+from prefixtune.train.loop import train
+
+config, scores, seen = Path(sys.argv[1]), iter(json.loads(Path(sys.argv[2]).read_text())), Path(sys.argv[3])
+faulthandler.dump_traceback_later(float(sys.argv[4]), exit=True)
+ev.evaluate = lambda *a, **k: ({"loss": 1.0, "bleu": next(scores)}, [])
+steps: list[int] = []
+plain_step = torch.optim.AdamW.step
+
+
+def counting_step(self, *args, **kwargs):
+    steps.append(1)
+    return plain_step(self, *args, **kwargs)
+
+
+torch.optim.AdamW.step = counting_step
+result = train(TrainConfig(**json.loads(config.read_text())), log=lambda m: None)
+rank = int(os.environ["RANK"])
+(seen / f"rank-{rank}.json").write_text(json.dumps({"optimizer_steps": len(steps), "result": result}))
