@@ -137,3 +137,43 @@ def test_incremental_forward_without_a_mask_counts_positions_from_the_cache(fami
         cache = out.past_key_values
         steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-4)
+
+
+def _prompt_model(family="llama"):
+    pm = pt.wrap(tiny_model(family), pt.PromptConfig(num_virtual_tokens=3, init_range=1.0)).eval()
+    return pm
+
+
+def test_prompt_with_several_returned_sequences_equals_the_bare_model_on_prompt_embeddings():
+    """Oracle: the bare model's own generate from [prompt; token embeddings], input ids put back in front."""
+    pm = _prompt_model()
+    ids = token_ids("llama", 2, 5)
+    mask = torch.ones_like(ids)
+    kw = dict(max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False, pad_token_id=0, eos_token_id=None)
+    got = pm.generate(input_ids=ids, attention_mask=mask, **kw)
+    base = pm.base_model  # still on prefixtune's attention, with no adapter active
+    embeds = torch.cat([pm.prompt().detach()[None].expand(2, -1, -1), base.get_input_embeddings()(ids)], 1)
+    new = base.generate(inputs_embeds=embeds, attention_mask=torch.ones(2, 8, dtype=torch.long), **kw)
+    assert got.shape == (4, 5 + 4)
+    assert torch.equal(got, torch.cat([ids.repeat_interleave(2, 0), new], 1))
+
+
+def test_stopping_criteria_see_the_input_ids_also_with_a_prompt():
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class Record(StoppingCriteria):
+        def __init__(self):
+            self.seen = []
+
+        def __call__(self, input_ids, scores, **kwargs):
+            self.seen.append(input_ids.clone())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    pm = _prompt_model()
+    ids = token_ids("llama", 2, 5)
+    record = Record()
+    out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                      pad_token_id=0, eos_token_id=None, stopping_criteria=StoppingCriteriaList([record]))
+    assert len(record.seen) == 3
+    for step, seen in enumerate(record.seen, start=1):
+        assert torch.equal(seen, out[:, :5 + step])  # input ids, then the tokens so far
