@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import prefixtune as pt
-from prefixtune.io.checkpoint import ADAPTER_NAME as PREFIX_NAME, CONFIG_NAME, TRAINABLE_NAME, atomic_write
+from prefixtune.io.checkpoint import ADAPTER_NAME as PREFIX_NAME, CONFIG_NAME, TRAINABLE_NAME
+from prefixtune.io.files import atomic_write
 from tiny import SEQ2SEQ, tiny_model, token_ids
 
 

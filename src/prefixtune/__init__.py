@@ -12,10 +12,11 @@ from prefixtune.methods.params import ParameterCount, count_parameters
 from prefixtune.methods.prefix import PrefixConfig
 from prefixtune.methods.prompt import PromptConfig
 from prefixtune.methods.ptuning_v2 import PTuningV2Config
+from prefixtune.runtime.bank import AdapterBank
 from prefixtune.runtime.model import PrefixModel, from_peft, load, wrap
 
 __all__ = [
-    "CheckpointError", "ConfigError", "HeadConfig", "METHODS", "ParameterCount", "PrefixAttention", "PrefixBatch",
+    "AdapterBank", "CheckpointError", "ConfigError", "HeadConfig", "METHODS", "ParameterCount", "PrefixAttention", "PrefixBatch",
     "PrefixConfig", "PrefixModel", "PromptConfig", "PTuningV2Config", "SUPPORTED_FAMILIES", "ShapeMismatchError",
     "UnsupportedModelError", "count_parameters", "from_peft", "load", "prefix_attention", "wrap",
 ]

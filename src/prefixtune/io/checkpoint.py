@@ -30,7 +30,7 @@ from safetensors.torch import save as st_save
 
 from prefixtune.core.layout import ModelLayout, ShapeMismatchError
 from prefixtune.core.parts import Parts, StateError
-from prefixtune.io.files import CheckpointError, atomic_write, read_verified, write_with_manifest
+from prefixtune.io.files import CheckpointError, read_verified, write_with_manifest
 from prefixtune.methods import MethodConfig, build_parts, config_from_dict
 
 CONFIG_NAME = "prefixtune_config.json"
@@ -38,7 +38,7 @@ ADAPTER_NAME = "adapter.safetensors"
 TRAINABLE_NAME = "trainable.safetensors"
 FORMAT_VERSION = 1
 
-__all__ = ["ADAPTER_NAME", "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "TRAINABLE_NAME", "atomic_write", "load_parts",
+__all__ = ["ADAPTER_NAME", "CONFIG_NAME", "CheckpointError", "FORMAT_VERSION", "TRAINABLE_NAME", "load_parts",
            "read_manifest", "read_tensors", "save_adapter"]
 
 

@@ -29,7 +29,7 @@ from prefixtune.data.batching import Encoded, collate, encode, length_grouped_ba
 from prefixtune.data.tasks import Task, TaskSpec, load_task
 from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
 from prefixtune.evaluation.loss import batch_loss
-from prefixtune.io.checkpoint import atomic_write
+from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
 from prefixtune.train import methods
