@@ -99,3 +99,17 @@ def test_a_saved_gated_adapter_is_refused_not_served_without_its_gates(tmp_path)
     bank = AdapterBank(tiny_model("llama"))
     with pytest.raises(ValueError, match="gated"):
         bank.add("gated", tmp_path)
+
+
+def test_adding_a_model_in_training_mode_serves_it_without_dropout_and_leaves_it_training():
+    pm = pt.wrap(tiny_model("llama"), pt.PrefixConfig(prefix_length=3, reparameterization="direct", dropout=0.5))
+    pm.train()
+    bank = AdapterBank(tiny_model("llama"))
+    bank.add("a", pm)
+    assert pm.training and pm.prefix.training  # the bank changed nothing in the caller's model
+    ids = token_ids("llama", 2, 5)
+    pm.eval()
+    want = pm(input_ids=ids).logits
+    torch.testing.assert_close(bank(adapter="a", input_ids=ids).logits, want)
+    kv = pm.prefix.encoders["decoder_self"].kv
+    assert bank.adapters["a"].kvs["decoder_self"].data_ptr() != kv.data_ptr()  # a copy, not the live parameter

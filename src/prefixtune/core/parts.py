@@ -77,8 +77,9 @@ class Parts:
         return all(part.is_folded for _, part in self.items())
 
     def folded(self) -> "Parts":
-        """Every part folded (identical outputs in eval mode; reparameterizations gone)."""
-        return Parts(**{name: part.folded() for name, part in self.items()})
+        """Every part folded (identical outputs in eval mode; reparameterizations gone). Parts
+        that are already folded are kept as they are (the same modules and parameters)."""
+        return Parts(**{name: part if part.is_folded else part.folded() for name, part in self.items()})
 
     @property
     def prefixed_layers(self) -> dict[str, tuple[int, ...]]:

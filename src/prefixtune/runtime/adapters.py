@@ -56,8 +56,9 @@ class AdapterTensors:
                    parts.prompt() if parts.prompt is not None else None, length if shifted else 0, config)
 
     def detached(self, device: torch.device | str) -> "AdapterTensors":
-        """A copy on ``device`` with no autograd history (for serving)."""
-        move = lambda t: t.detach().to(device)  # noqa: E731
+        """A copy on ``device`` with no autograd history and its own storage (for serving: later
+        training of the source model does not change it)."""
+        move = lambda t: t.detach().to(device, copy=True)  # noqa: E731
         return AdapterTensors({k: move(v) for k, v in self.kvs.items()}, dict(self.layers),
                               {k: move(v) for k, v in self.gates.items()},
                               None if self.prompt is None else move(self.prompt), self.shift, self.config)

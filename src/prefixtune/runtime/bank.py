@@ -89,10 +89,15 @@ class AdapterBank(nn.Module):
             raise ValueError("adapters with a task head cannot be served by the bank (it generates text)")
         if parts.prefix is not None and len(parts.prefix.gates):
             raise ValueError("gated prefixes are not supported in the bank yet")
-        folded = parts.folded()
-        for part in folded.modules():
-            part.eval()
-        return AdapterTensors.of(config, folded).detached(self.device)
+        folded = parts.folded()  # a part already folded is the caller's own module: its mode is restored
+        modes = [(part, part.training) for part in folded.modules()]
+        for part, _ in modes:
+            part.eval()  # no dropout in what is served
+        try:
+            return AdapterTensors.of(config, folded).detached(self.device)
+        finally:
+            for part, was_training in modes:
+                part.train(was_training)
 
     def _resolve(self, adapter: str | None | Sequence[str | None], rows: int) -> Rows:
         """One adapter for all rows when one name (or None) is given, else one per row."""
