@@ -136,7 +136,7 @@ def _prepend_prefix(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     key = torch.cat([prefix_key, key], dim=2)
     value = torch.cat([prefix_value, value], dim=2)
     if mask is not None or prefix_mask is not None:
-        mask = _with_prefix_columns(mask, prefix_mask, batch, n_prefix, q_len, k_len, query.device)
+        mask = _with_prefix_columns(mask, prefix_mask, batch, n_prefix, q_len, k_len, device=query.device)
     if position_bias is not None:
         position_bias = F.pad(position_bias, (n_prefix, 0))
     return key, value, mask, position_bias
