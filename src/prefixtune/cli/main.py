@@ -8,17 +8,46 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefixtune.methods.prefix import PrefixConfig
+    """Run ``prefixtune`` with ``argv`` (default: the command line's); returns the exit status, 2 after a
+    bad value or a missing file (printed as ``prefixtune: error: ...``)."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args, argv)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"prefixtune: error: {e}", file=sys.stderr)
+        return 2
 
+
+def _parser() -> argparse.ArgumentParser:
+    """The parser with one subcommand each for params, serve, train, eval, generate and compare."""
     parser = argparse.ArgumentParser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_params_parser(sub)
+    _add_serve_parser(sub)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_generate_parser(sub)
+    _add_compare_parser(sub)
+    return parser
+
+
+def _params_fields() -> list[dataclasses.Field]:
+    """PrefixConfig's fields that ``prefixtune params`` takes as options (all but the layer selections)."""
+    from prefixtune.methods.prefix import PrefixConfig
+
+    return [f for f in dataclasses.fields(PrefixConfig) if f.init and f.name not in ("locations", "exclude_layers")]
+
+
+def _add_params_parser(sub: argparse._SubParsersAction) -> None:
     params = sub.add_parser("params", help="trainable and stored parameters for a model and prefix config")
     params.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
     params.add_argument("--task", default="causal-lm", help="causal-lm, masked-lm, seq2seq-lm or base")
-    for f in dataclasses.fields(PrefixConfig):
-        if f.init and f.name not in ("locations", "exclude_layers"):
-            params.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                                help=f"(default: {f.default})")
+    for f in _params_fields():
+        params.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                            help=f"(default: {f.default})")
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve the base model and adapters over an OpenAI-compatible HTTP API")
     serve.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
     serve.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
@@ -34,10 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 429")
     serve.add_argument("--max-prompt-tokens", type=int, default=2048)
     serve.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+
+
+def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     from prefixtune.train.commands import add_train_options
 
     train = sub.add_parser("train", help="train an adapter on a task; resumes a run directory's last checkpoint")
     add_train_options(train)
+
+
+def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="score a trained adapter on a split and write its predictions")
     ev.add_argument("--run", required=True, help="the run directory")
     ev.add_argument("--split", default="test")
@@ -47,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--show", type=int, default=3, help="print this many predictions")
     ev.add_argument("--no-loss", action="store_true",
                     help="generation tasks: skip the loss over every input-reference pair (faster)")
+
+
+def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
     gen = sub.add_parser("generate", help="generate with a trained adapter")
     gen.add_argument("--run", required=True)
     gen.add_argument("--input", action="append", required=True, help="input text (repeatable; \\n for newline)")
@@ -55,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--num-beams", type=int, default=1)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--stop", action="append", default=None)
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
     cmp = sub.add_parser("compare", help="run several methods on one task (same data, budget, seeds) and report",
                          description="Train every run of a comparison file (methods x seeds, an optional sweep, an "
                                      "optional low-data curve), each in its own process; finished runs are skipped "
@@ -67,39 +108,38 @@ def main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--publish", default=None, metavar="MARKDOWN",
                      help="also put the report into this markdown page (its section for this comparison), "
                           "with the plots in a folder named after the page")
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "params":
-            from prefixtune.bundled.models import load_model
-            from prefixtune.methods.params import count_parameters
 
-            cfg = PrefixConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrefixConfig)
-                                  if f.init and f.name not in ("locations", "exclude_layers")})
-            model, _ = load_model(args.model, task=args.task)
-            print(count_parameters(model, cfg))
-        elif args.command == "train":
-            from prefixtune.train.commands import run_train
 
-            run_train(args)
-        elif args.command == "eval":
-            from prefixtune.train.commands import run_eval
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Run the parsed subcommand; returns the exit status (compare's own, 0 for the others)."""
+    if args.command == "params":
+        from prefixtune.bundled.models import load_model
+        from prefixtune.methods.params import count_parameters
+        from prefixtune.methods.prefix import PrefixConfig
 
-            run_eval(args)
-        elif args.command == "generate":
-            from prefixtune.train.commands import run_generate
+        cfg = PrefixConfig(**{f.name: getattr(args, f.name) for f in _params_fields()})
+        model, _ = load_model(args.model, task=args.task)
+        print(count_parameters(model, cfg))
+    elif args.command == "train":
+        from prefixtune.train.commands import run_train
 
-            run_generate(args)
-        elif args.command == "compare":
-            from prefixtune.compare.commands import run_compare
+        run_train(args)
+    elif args.command == "eval":
+        from prefixtune.train.commands import run_eval
 
-            return run_compare(args, argv)
-        elif args.command == "serve":
-            from prefixtune.serve.main import serve_from_args
+        run_eval(args)
+    elif args.command == "generate":
+        from prefixtune.train.commands import run_generate
 
-            serve_from_args(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"prefixtune: error: {e}", file=sys.stderr)
-        return 2
+        run_generate(args)
+    elif args.command == "compare":
+        from prefixtune.compare.commands import run_compare
+
+        return run_compare(args, argv)
+    elif args.command == "serve":
+        from prefixtune.serve.main import serve_from_args
+
+        serve_from_args(args)
     return 0
 
 

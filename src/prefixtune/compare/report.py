@@ -92,9 +92,35 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
              if any(k in r["scores"] for r in rows)]  # e.g. METEOR only where WordNet is installed
     base = specs[0].config
     split = rows[0]["split"] if rows else (base.test_split or base.eval_split)
+    L = _intro(cfg.name, base, len(rows), len(specs), split, metric)
+    data: dict[str, Any] = {"metric": metric, "split": split, "runs": rows}
+
+    methods = [r for r in rows if r["group"] == "methods"]
+    if methods:
+        section, data["methods"] = _methods_section(cfg.name, methods, extra, metric, plots_dir, image_prefix)
+        L += section
+
+    by_sweep = _group([r for r in rows if r["group"] == "sweep"], lambda r: r["part"])
+    for sw in cfg.sweeps():
+        sweep = by_sweep.get(sw["name"])
+        if not sweep:
+            continue
+        section, points = _sweep_section(cfg.name, specs, sw, sweep, metric, plots_dir, image_prefix)
+        L += section
+        data.setdefault("sweeps", {})[sw["name"]] = points
+
+    low = [r for r in rows if r["group"] == "low_data"]
+    if low:
+        section, data["low_data"] = _low_data_section(cfg, specs, low, metric, plots_dir, image_prefix)
+        L += section
+    return "\n".join(L).rstrip() + "\n", data
+
+
+def _intro(name: str, base: Any, finished: int, total: int, split: str, metric: str) -> list[str]:
+    """The title and the paragraph on what was run and how it was scored; ``base`` is the first run's TrainConfig."""
     limit = base.test_limit if base.test_split else base.eval_limit
-    L = [f"## {cfg.name} — task {base.task}, model {base.model}", ""]
-    L.append(f"{len(rows)} of {len(specs)} runs finished. Scores on the **{split}** split"
+    L = [f"## {name} — task {base.task}, model {base.model}", ""]
+    L.append(f"{finished} of {total} runs finished. Scores on the **{split}** split"
              f"{f' (first {limit} inputs)' if limit else ''}; {metric} is the task metric. Every method run: "
              f"{base.steps} optimizer steps{f' or {base.max_seconds:g} s' if base.max_seconds else ''}, batch "
              f"{base.batch_size}, max length {base.max_length}, linear warm-up {base.warmup_ratio:.0%} then decay, "
@@ -102,82 +128,85 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
              "the wall clock of the training steps; memory is the run's peak resident memory (CPU) or allocator "
              "peak (CUDA).")
     L.append("")
-    data: dict[str, Any] = {"metric": metric, "split": split, "runs": rows}
+    return L
 
-    methods = [r for r in rows if r["group"] == "methods"]
-    if methods:
-        extra = [k for k in extra if any(k in r["scores"] for r in methods)]  # columns this table has
-        L += [f"| method | lr | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
-              "| train time (s) | peak memory (MiB) | tokens/s | seeds |",
-              "|---|---:" + "|---:" * (len(extra) + 8) + "|"]
-        by_method = _group(methods, lambda r: r["method"])
-        summary = {}
-        for name, rs in by_method.items():
-            m, sd = _mean_sd([r["scores"].get(metric) for r in rs])
-            p = rs[0]["parameters"]
-            ex = [_mean_sd([r["scores"].get(k) for r in rs]) for k in extra]
-            t = _mean_sd([r["train_seconds"] for r in rs])[0]
-            mem = _mean_sd([r["peak_memory_mib"] for r in rs])[0]
-            tps = _mean_sd([r["tokens_per_s"] for r in rs])[0]
-            summary[name] = {"mean": m, "sd": sd, "n": len(rs), "trainable": p["trainable"], "stored": p["stored"]}
-            L.append(f"| {name} | {rs[0]['lr']:g} | **{_fmt(m, sd, len(rs))}** | " + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
-                     + f" | {p['trainable']:,} | {100 * p['trainable'] / p['base']:.3f}% | {p['stored']:,} | {t:.0f} "
-                     f"| {mem:.0f} | {tps:.0f} | {len(rs)} |")
-        data["methods"] = summary
-        L += ["", f"![{metric} vs trainable parameters]({image_prefix}{_plot_params(summary, metric, plots_dir, cfg.name)})",
-              f"![learning curves]({image_prefix}{_plot_curves(by_method, metric, plots_dir, cfg.name)})", ""]
 
-    by_sweep = _group([r for r in rows if r["group"] == "sweep"], lambda r: r["part"])
-    for sw in cfg.sweeps():
-        sweep = by_sweep.get(sw["name"])
-        if not sweep:
-            continue
-        keys = sweep_keys(sw["grid"])
-        first = next(s for s in specs if s.group == "sweep" and s.part == sw["name"]).config
-        fixed = ", ".join(f"{k} = {v}" for k, v in sw["grid"].items() if k not in keys and k not in _BUDGET_KEYS)
-        title = sw["name"] if sw["name"] == sw["method"] else f"{sw['name']} (around {sw['method']})"
-        L += [f"### Sweep: {title}", "",
-              f"Each run: {_budget(first)}; the other options as in {sw['method']}"
-              f"{f', except {fixed}' if fixed else ''}.", "",
-              "| " + " | ".join(keys) + f" | {metric} | trainable params | train time (s) |",
-              "|" + "---|" * len(keys) + "---:|---:|---:|"]
-        points = _group(sweep, lambda r: tuple(r["labels"][k] for k in keys))
-        table = []
-        for point, rs in points.items():
-            m, sd = _mean_sd([r["scores"].get(metric) for r in rs])
-            table.append((point, m, sd, len(rs), rs[0]["parameters"]["trainable"], _mean_sd([r["train_seconds"] for r in rs])[0]))
-        best = max((t[1] for t in table if not math.isnan(t[1])), default=float("nan"))
-        for point, m, sd, n, trainable, t in table:
-            cell = _fmt(m, sd, n)
-            L.append("| " + " | ".join(str(v) for v in point) + f" | {'**' + cell + '**' if m == best else cell} "
-                     f"| {trainable:,} | {t:.0f} |")
-        data.setdefault("sweeps", {})[sw["name"]] = [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n}
-                                      for p, m, sd, n, _, _ in table]
-        plot = _plot_sweep(table, keys, metric, plots_dir, f"{cfg.name}-sweep-{sw['name']}", title)
-        L += ["", f"![sweep {title}]({image_prefix}{plot})", ""]
+def _methods_section(name: str, methods: list[dict[str, Any]], extra: list[str], metric: str, plots_dir: Path,
+                     image_prefix: str) -> tuple[list[str], dict[str, Any]]:
+    """The methods table (mean ± sd over seeds per method) and its two plots: ``(lines, summary by method)``."""
+    extra = [k for k in extra if any(k in r["scores"] for r in methods)]  # columns this table has
+    L = [f"| method | lr | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
+         "| train time (s) | peak memory (MiB) | tokens/s | seeds |",
+         "|---|---:" + "|---:" * (len(extra) + 8) + "|"]
+    by_method = _group(methods, lambda r: r["method"])
+    summary = {}
+    for method, rs in by_method.items():
+        m, sd = _mean_sd([r["scores"].get(metric) for r in rs])
+        p = rs[0]["parameters"]
+        ex = [_mean_sd([r["scores"].get(k) for r in rs]) for k in extra]
+        t = _mean_sd([r["train_seconds"] for r in rs])[0]
+        mem = _mean_sd([r["peak_memory_mib"] for r in rs])[0]
+        tps = _mean_sd([r["tokens_per_s"] for r in rs])[0]
+        summary[method] = {"mean": m, "sd": sd, "n": len(rs), "trainable": p["trainable"], "stored": p["stored"]}
+        L.append(f"| {method} | {rs[0]['lr']:g} | **{_fmt(m, sd, len(rs))}** | "
+                 + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
+                 + f" | {p['trainable']:,} | {100 * p['trainable'] / p['base']:.3f}% | {p['stored']:,} | {t:.0f} "
+                 f"| {mem:.0f} | {tps:.0f} | {len(rs)} |")
+    L += ["", f"![{metric} vs trainable parameters]({image_prefix}{_plot_params(summary, metric, plots_dir, name)})",
+          f"![learning curves]({image_prefix}{_plot_curves(by_method, metric, plots_dir, name)})", ""]
+    return L, summary
 
-    low = [r for r in rows if r["group"] == "low_data"]
-    if low:
-        methods_ld = cfg.low_data["methods"]
-        sizes = cfg.low_data["sizes"]
-        first = next(s for s in specs if s.group == "low_data").config
-        L += ["### Low data: training-set size", "",
-              "Each run trains on a random subset of that many training records (drawn with the run's seed), "
-              f"{_budget(first)}; {metric} mean ± standard deviation over seeds.", "",
-              "| training records | " + " | ".join(methods_ld) + " |", "|---:" + "|---:" * len(methods_ld) + "|"]
-        cells = _group(low, lambda r: (r["method"], r["labels"]["size"]))
-        curve = {}
-        for size in sizes:
-            row = []
-            for m in methods_ld:
-                mean, sd = _mean_sd([r["scores"].get(metric) for r in cells.get((m, size), [])])
-                n = len(cells.get((m, size), []))
-                curve.setdefault(m, []).append((size, mean, sd, n))
-                row.append(_fmt(mean, sd, n) + (f" (n={n})" if n else ""))
-            L.append(f"| {size} | " + " | ".join(row) + " |")
-        data["low_data"] = curve
-        L += ["", f"![low data]({image_prefix}{_plot_low_data(curve, metric, plots_dir, cfg.name)})", ""]
-    return "\n".join(L).rstrip() + "\n", data
+
+def _sweep_section(name: str, specs: list[RunSpec], sw: dict[str, Any], sweep: list[dict[str, Any]], metric: str,
+                   plots_dir: Path, image_prefix: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """One sweep's table (the best point in bold) and plot: ``(lines, points)``."""
+    keys = sweep_keys(sw["grid"])
+    first = next(s for s in specs if s.group == "sweep" and s.part == sw["name"]).config
+    fixed = ", ".join(f"{k} = {v}" for k, v in sw["grid"].items() if k not in keys and k not in _BUDGET_KEYS)
+    title = sw["name"] if sw["name"] == sw["method"] else f"{sw['name']} (around {sw['method']})"
+    L = [f"### Sweep: {title}", "",
+         f"Each run: {_budget(first)}; the other options as in {sw['method']}"
+         f"{f', except {fixed}' if fixed else ''}.", "",
+         "| " + " | ".join(keys) + f" | {metric} | trainable params | train time (s) |",
+         "|" + "---|" * len(keys) + "---:|---:|---:|"]
+    points = _group(sweep, lambda r: tuple(r["labels"][k] for k in keys))
+    table = []
+    for point, rs in points.items():
+        m, sd = _mean_sd([r["scores"].get(metric) for r in rs])
+        table.append((point, m, sd, len(rs), rs[0]["parameters"]["trainable"],
+                      _mean_sd([r["train_seconds"] for r in rs])[0]))
+    best = max((t[1] for t in table if not math.isnan(t[1])), default=float("nan"))
+    for point, m, sd, n, trainable, t in table:
+        cell = _fmt(m, sd, n)
+        L.append("| " + " | ".join(str(v) for v in point) + f" | {'**' + cell + '**' if m == best else cell} "
+                 f"| {trainable:,} | {t:.0f} |")
+    plot = _plot_sweep(table, keys, metric, plots_dir, f"{name}-sweep-{sw['name']}", title)
+    L += ["", f"![sweep {title}]({image_prefix}{plot})", ""]
+    return L, [{"point": dict(zip(keys, p)), "mean": m, "sd": sd, "n": n} for p, m, sd, n, _, _ in table]
+
+
+def _low_data_section(cfg: CompareConfig, specs: list[RunSpec], low: list[dict[str, Any]], metric: str,
+                      plots_dir: Path, image_prefix: str) -> tuple[list[str], dict[str, list[tuple]]]:
+    """The low-data table (training-set size x method) and plot: ``(lines, curve by method)``."""
+    methods_ld = cfg.low_data["methods"]
+    sizes = cfg.low_data["sizes"]
+    first = next(s for s in specs if s.group == "low_data").config
+    L = ["### Low data: training-set size", "",
+         "Each run trains on a random subset of that many training records (drawn with the run's seed), "
+         f"{_budget(first)}; {metric} mean ± standard deviation over seeds.", "",
+         "| training records | " + " | ".join(methods_ld) + " |", "|---:" + "|---:" * len(methods_ld) + "|"]
+    cells = _group(low, lambda r: (r["method"], r["labels"]["size"]))
+    curve: dict[str, list[tuple]] = {}
+    for size in sizes:
+        row = []
+        for m in methods_ld:
+            mean, sd = _mean_sd([r["scores"].get(metric) for r in cells.get((m, size), [])])
+            n = len(cells.get((m, size), []))
+            curve.setdefault(m, []).append((size, mean, sd, n))
+            row.append(_fmt(mean, sd, n) + (f" (n={n})" if n else ""))
+        L.append(f"| {size} | " + " | ".join(row) + " |")
+    L += ["", f"![low data]({image_prefix}{_plot_low_data(curve, metric, plots_dir, cfg.name)})", ""]
+    return L, curve
 
 
 # ---------------------------------------------------------------------------------------- plots

@@ -93,8 +93,8 @@ def prefix_attention(
         out, weights = prefix_attention(query, key, value, attention_mask=attention_mask, is_causal=is_causal,
                                         scaling=scaling, dropout=dropout, softcap=softcap,
                                         position_bias=position_bias, need_weights=need_weights)
-        gate = torch.tanh(prefix_gate.to(query.dtype)).repeat_interleave(heads // key.shape[1])[None, :, None, None]
-        return out + gate * _prefix_only(query, prefix_key, prefix_value, prefix_mask, scaling, softcap), weights
+        return out + _gated_prefix(query, prefix_key, prefix_value, prefix_mask, prefix_gate, heads // key.shape[1],
+                                   scaling, softcap), weights
 
     fast = (attention_mask is None and prefix_mask is None and position_bias is None and softcap is None
             and not need_weights and (not is_causal or q_len == 1 or q_len == k_len))
@@ -106,49 +106,97 @@ def prefix_attention(
         mask = causal_mask(q_len, k_len, query.device)
 
     if prefix_key is not None:
-        n_prefix = prefix_key.shape[2]
-        key = torch.cat([prefix_key, key], dim=2)
-        value = torch.cat([prefix_value, value], dim=2)
-        if mask is not None or prefix_mask is not None:
-            seen = (torch.ones(batch, n_prefix, dtype=torch.bool, device=query.device)
-                    if prefix_mask is None else _rows(prefix_mask.to(torch.bool), batch))
-            seen = seen[:, None, None, :]  # (B, 1, 1, P)
-            real = mask if mask is not None else torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=query.device)
-            mask_heads = real.shape[1]
-            if real.dtype == torch.bool:
-                pre = seen.expand(batch, mask_heads, q_len, n_prefix)
-            else:
-                zero = torch.zeros((), dtype=real.dtype, device=real.device)
-                low = torch.full((), torch.finfo(real.dtype).min, dtype=real.dtype, device=real.device)
-                pre = torch.where(seen, zero, low).expand(batch, mask_heads, q_len, n_prefix)
-            mask = torch.cat([pre, real.expand(batch, mask_heads, q_len, k_len)], dim=-1)
-        if position_bias is not None:
-            position_bias = F.pad(position_bias, (n_prefix, 0))
-
+        key, value, mask, position_bias = _prepend_prefix(query, key, value, prefix_key, prefix_value, prefix_mask,
+                                                          mask, position_bias)
     if mask is not None and mask.dtype == torch.bool and (prefix_key is None or prefix_mask is not None):
         # A query row that may see nothing (a padding position with no prefix) would give NaN,
         # and NaN values poison later layers through 0 * NaN; let such rows see everything.
         # Their outputs belong to padding and are never used. Rows with a prefix always see it.
         mask = mask | ~mask.any(dim=-1, keepdim=True)
-
     if position_bias is not None:
-        bias = position_bias.to(query.dtype)
-        if mask is not None:
-            bias = bias.masked_fill(~mask, torch.finfo(query.dtype).min) if mask.dtype == torch.bool else bias + mask
-        mask = bias
-
+        mask = _biased(position_bias, mask, query.dtype)
     if softcap is None and not need_weights:
-        if gqa and mask is not None and mask.shape[1] != 1:
-            n_rep = heads // key.shape[1]
-            key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-            gqa = False
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                                             enable_gqa=gqa)
-        return out, None
+        return _sdpa(query, key, value, mask, scaling, dropout, gqa), None
+    return _explicit_softmax(query, key, value, mask, scaling, softcap, dropout)
 
-    n_rep = heads // key.shape[1]
-    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+
+def _prepend_prefix(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_key: torch.Tensor,
+                    prefix_value: torch.Tensor, prefix_mask: torch.Tensor | None, mask: torch.Tensor | None,
+                    position_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                                 torch.Tensor | None]:
+    """``(key, value, mask, position_bias)`` over ``[prefix; keys]``.
+
+    query ``(B, H, q, d)``; key/value ``(B, H_kv, k, d)`` and prefix key/value ``(B, H_kv, P, d)``
+    become ``(B, H_kv, P + k, d)``; the mask over the real keys (or None) gets the prefix's columns
+    (see :func:`_with_prefix_columns`) when there is a mask or a ``prefix_mask``; the position bias
+    ``(B or 1, H, q, k)`` gets ``P`` zero columns in front (the prefix has no bias).
+    """
+    batch, _, q_len, _ = query.shape
+    k_len, n_prefix = key.shape[2], prefix_key.shape[2]
+    key = torch.cat([prefix_key, key], dim=2)
+    value = torch.cat([prefix_value, value], dim=2)
+    if mask is not None or prefix_mask is not None:
+        mask = _with_prefix_columns(mask, prefix_mask, batch, n_prefix, q_len, k_len, device=query.device)
+    if position_bias is not None:
+        position_bias = F.pad(position_bias, (n_prefix, 0))
+    return key, value, mask, position_bias
+
+
+def _with_prefix_columns(mask: torch.Tensor | None, prefix_mask: torch.Tensor | None, batch: int, n_prefix: int,
+                         q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
+    """The mask over ``[prefix; keys]``: ``(B, M, q, P + k)`` from ``mask`` over the real keys.
+
+    ``mask``: bool or additive ``(B or 1, M, q, k)`` with ``M`` 1 or ``H``; None means every real key
+    is visible (a bool ``(1, 1, q, k)`` of True). ``prefix_mask``: ``(B or 1, P)`` bool, None means
+    every slot is real. The ``P`` prefix columns take the mask's kind: True/False, or 0/dtype min.
+    """
+    seen = (torch.ones(batch, n_prefix, dtype=torch.bool, device=device)
+            if prefix_mask is None else _rows(prefix_mask.to(torch.bool), batch))
+    seen = seen[:, None, None, :]  # (B, 1, 1, P)
+    real = mask if mask is not None else torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
+    mask_heads = real.shape[1]
+    if real.dtype == torch.bool:
+        pre = seen.expand(batch, mask_heads, q_len, n_prefix)
+    else:
+        zero = torch.zeros((), dtype=real.dtype, device=real.device)
+        low = torch.full((), torch.finfo(real.dtype).min, dtype=real.dtype, device=real.device)
+        pre = torch.where(seen, zero, low).expand(batch, mask_heads, q_len, n_prefix)
+    return torch.cat([pre, real.expand(batch, mask_heads, q_len, k_len)], dim=-1)
+
+
+def _biased(position_bias: torch.Tensor, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """The additive mask ``(B or 1, H, q, P + k)`` in ``dtype``: ``position_bias`` of that shape plus
+    ``mask`` (bool, where False becomes dtype min, or additive ``(B or 1, 1 or H, q, P + k)``)."""
+    bias = position_bias.to(dtype)
+    if mask is not None:
+        bias = bias.masked_fill(~mask, torch.finfo(dtype).min) if mask.dtype == torch.bool else bias + mask
+    return bias
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+          dropout: float, gqa: bool) -> torch.Tensor:
+    """PyTorch's SDPA kernel: query ``(B, H, q, d)``, key/value ``(B, H_kv, P + k, d)``, mask bool or
+    additive ``(B or 1, 1 or H, q, P + k)`` or None -> ``(B, H, q, d)``.
+
+    SDPA's ``enable_gqa`` takes only a mask shared by all heads, so a per-head mask gets the
+    key/value heads repeated instead.
+    """
+    if gqa and mask is not None and mask.shape[1] != 1:
+        n_rep = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+        gqa = False
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                          enable_gqa=gqa)
+
+
+def _explicit_softmax(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                      scaling: float, softcap: float | None, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, for softcapping and for the weights: query ``(B, H, q, d)``, key/value
+    ``(B, H_kv, P + k, d)``, mask as in :func:`_sdpa` -> ``(out, weights)``, ``(B, H, q, d)`` and
+    ``(B, H, q, P + k)``. The softmax runs in float32 and its result is cast back to the query's dtype."""
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)  # (B, H, P + k, d)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, q, P + k)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
@@ -157,6 +205,16 @@ def prefix_attention(
     if dropout > 0.0:
         weights = F.dropout(weights, p=dropout, training=True)
     return torch.matmul(weights, value), weights
+
+
+def _gated_prefix(query: torch.Tensor, prefix_key: torch.Tensor, prefix_value: torch.Tensor,
+                  prefix_mask: torch.Tensor | None, prefix_gate: torch.Tensor, n_rep: int, scaling: float,
+                  softcap: float | None) -> torch.Tensor:
+    """``tanh(gate) * attn(prefix)`` ``(B, H, q, d)``, the prefix's share in LLaMA-Adapter's gating:
+    query ``(B, H, q, d)``, prefix key/value ``(B, H_kv, P, d)``, ``prefix_gate`` ``(H_kv,)`` repeated
+    ``n_rep = H / H_kv`` times to one gate per query head."""
+    gate = torch.tanh(prefix_gate.to(query.dtype)).repeat_interleave(n_rep)[None, :, None, None]  # (1, H, 1, 1)
+    return gate * _prefix_only(query, prefix_key, prefix_value, prefix_mask, scaling, softcap)
 
 
 def _prefix_only(query: torch.Tensor, prefix_key: torch.Tensor, prefix_value: torch.Tensor,

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from starlette.exceptions import HTTPException as StarletteHTTPException  # noqa: E402
 
-from prefixtune.runtime.bank import UnknownAdapterError
+from prefixtune.runtime.bank import AdapterBank, UnknownAdapterError
 from prefixtune.serve.engine import BatchingEngine, Overloaded, Request, ShuttingDown
 
 
@@ -88,7 +88,6 @@ class LoadBody(BaseModel):
 
 def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
     """The FastAPI application; starts the engine's worker with the app and drains it at shutdown."""
-    bank, tokenizer = engine.bank, engine.tokenizer
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -97,6 +96,15 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(None, engine.stop)
 
     app = FastAPI(title="prefixtune", lifespan=lifespan)
+    _add_error_handlers(app)
+    _add_info_routes(app, engine, settings)
+    _add_completion_routes(app, engine, settings)
+    _add_admin_routes(app, engine.bank, settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours, a request that fails validation, or starlette's (404, 405), in OpenAI's shape."""
 
     @app.exception_handler(APIError)
     async def _api_error(_: HTTPRequest, e: APIError) -> JSONResponse:
@@ -113,24 +121,24 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
     async def _http(_: HTTPRequest, e: StarletteHTTPException) -> JSONResponse:
         return _error(e.status_code, str(e.detail), "invalid_request_error")
 
-    def check_key(request: HTTPRequest, key: str | None, admin: bool = False) -> None:
-        if admin and key is None:
-            raise APIError(403, "admin endpoints are disabled (start the server with --admin-key)", "permission_error")
-        if key is None:
-            return
-        auth = request.headers.get("authorization", "")
-        given = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not secrets.compare_digest(given.encode(), key.encode()):
-            raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
-                           "authentication_error", "invalid_api_key")
 
-    def adapter_of(model: str) -> str | None:
-        if model == settings.base_name:
-            return None
-        if model not in bank.adapters:
-            raise APIError(404, f"the model {model!r} does not exist (known: {[settings.base_name] + bank.names()})",
-                           "invalid_request_error", "model_not_found", "model")
-        return model
+def _check_key(request: HTTPRequest, key: str | None, admin: bool = False) -> None:
+    """Raises :class:`APIError` unless the request carries ``Authorization: Bearer <key>``; ``key``
+    None means open, except for the admin endpoints (``admin``), which it turns off (403)."""
+    if admin and key is None:
+        raise APIError(403, "admin endpoints are disabled (start the server with --admin-key)", "permission_error")
+    if key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:] if auth.lower().startswith("bearer ") else ""
+    if not secrets.compare_digest(given.encode(), key.encode()):
+        raise APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                       "authentication_error", "invalid_api_key")
+
+
+def _add_info_routes(app: FastAPI, engine: BatchingEngine, settings: ServerSettings) -> None:
+    """``GET /health`` (open) and ``GET /v1/models`` (the base model and every adapter)."""
+    bank = engine.bank
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -138,54 +146,87 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
 
     @app.get("/v1/models")
     async def models(request: HTTPRequest) -> dict[str, Any]:
-        check_key(request, settings.api_key)
+        _check_key(request, settings.api_key)
         now = int(time.time())
         ids = [settings.base_name] + bank.names()
         return {"object": "list", "data": [{"id": i, "object": "model", "created": now, "owned_by": "prefixtune"}
                                            for i in ids]}
 
-    async def run(body: _Body, prompt_ids: list[int], max_tokens: int | None) -> tuple[Request, str | None]:
-        adapter = adapter_of(body.model)
-        if len(prompt_ids) > settings.max_prompt_tokens:
-            raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; the limit is {settings.max_prompt_tokens}",
-                           param="prompt", code="context_length_exceeded")
-        limit = max_tokens or settings.default_max_tokens
-        if limit > settings.max_tokens:
-            raise APIError(400, f"max_tokens {limit} exceeds the limit of {settings.max_tokens}", param="max_tokens")
-        stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-        loop = asyncio.get_running_loop()
-        req = Request(adapter, prompt_ids or [tokenizer.bos_token_id or tokenizer.eos_token_id], limit,
-                      body.temperature, body.top_p, stops, ignore_eos=body.ignore_eos, loop=loop,
-                      stream=asyncio.Queue() if body.stream else None, done=loop.create_future())
-        try:
-            engine.submit(req)
-        except Overloaded as e:
-            raise APIError(429, str(e), "rate_limit_error", "overloaded") from None
-        except ShuttingDown as e:
-            raise APIError(503, str(e), "server_error", "shutting_down") from None
-        return req, adapter
 
-    def usage(req: Request) -> dict[str, int]:
-        return {"prompt_tokens": len(req.input_ids), "completion_tokens": len(req.tokens),
-                "total_tokens": len(req.input_ids) + len(req.tokens)}
+def _adapter_of(bank: AdapterBank, settings: ServerSettings, model: str) -> str | None:
+    """The adapter a request's ``model`` names (None for the base model); 404 for an unknown one."""
+    if model == settings.base_name:
+        return None
+    if model not in bank.adapters:
+        raise APIError(404, f"the model {model!r} does not exist (known: {[settings.base_name] + bank.names()})",
+                       "invalid_request_error", "model_not_found", "model")
+    return model
 
-    async def stream(req: Request, chunk: Any) -> AsyncIterator[str]:
-        while True:
-            delta = await req.stream.get()
-            if delta is None:
-                break
-            yield f"data: {json.dumps(chunk(delta, None))}\n\n"
-        await req.done
-        yield f"data: {json.dumps(chunk('', req.finish_reason))}\n\n"
-        yield "data: [DONE]\n\n"
+
+async def _submit(engine: BatchingEngine, settings: ServerSettings, body: _Body, prompt_ids: list[int],
+                  max_tokens: int | None) -> tuple[Request, str | None]:
+    """Check a request against the limits and queue it on the engine: ``(request, adapter)``."""
+    tokenizer = engine.tokenizer
+    adapter = _adapter_of(engine.bank, settings, body.model)
+    if len(prompt_ids) > settings.max_prompt_tokens:
+        raise APIError(400, f"the prompt has {len(prompt_ids)} tokens; the limit is {settings.max_prompt_tokens}",
+                       param="prompt", code="context_length_exceeded")
+    limit = max_tokens or settings.default_max_tokens
+    if limit > settings.max_tokens:
+        raise APIError(400, f"max_tokens {limit} exceeds the limit of {settings.max_tokens}", param="max_tokens")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    loop = asyncio.get_running_loop()
+    req = Request(adapter, prompt_ids or [tokenizer.bos_token_id or tokenizer.eos_token_id], limit,
+                  body.temperature, body.top_p, stops, ignore_eos=body.ignore_eos, loop=loop,
+                  stream=asyncio.Queue() if body.stream else None, done=loop.create_future())
+    try:
+        engine.submit(req)
+    except Overloaded as e:
+        raise APIError(429, str(e), "rate_limit_error", "overloaded") from None
+    except ShuttingDown as e:
+        raise APIError(503, str(e), "server_error", "shutting_down") from None
+    return req, adapter
+
+
+def _usage(req: Request) -> dict[str, int]:
+    return {"prompt_tokens": len(req.input_ids), "completion_tokens": len(req.tokens),
+            "total_tokens": len(req.input_ids) + len(req.tokens)}
+
+
+async def _stream(req: Request, chunk: Any) -> AsyncIterator[str]:
+    """Server-sent events: ``chunk(delta, None)`` per piece of text, ``chunk('', finish_reason)``, ``[DONE]``."""
+    while True:
+        delta = await req.stream.get()
+        if delta is None:
+            break
+        yield f"data: {json.dumps(chunk(delta, None))}\n\n"
+    await req.done
+    yield f"data: {json.dumps(chunk('', req.finish_reason))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def _chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of a chat: the tokenizer's chat template, or ``role: content`` lines without one."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        ids = tokenizer(text)["input_ids"]
+    return list(ids)
+
+
+def _add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: ServerSettings) -> None:
+    """``POST /v1/completions`` and ``POST /v1/chat/completions``, whole or streamed."""
+    tokenizer = engine.tokenizer
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, request: HTTPRequest) -> Any:
-        check_key(request, settings.api_key)
+        _check_key(request, settings.api_key)
         prompt = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise APIError(400, "only one prompt per request is supported", param="prompt")
-        req, _ = await run(body, tokenizer(prompt)["input_ids"], body.max_tokens)
+        req, _ = await _submit(engine, settings, body, tokenizer(prompt)["input_ids"], body.max_tokens)
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(text: str, reason: str | None) -> dict[str, Any]:
@@ -193,23 +234,17 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
                     "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": reason}]}
 
         if body.stream:
-            return StreamingResponse(stream(req, chunk), media_type="text/event-stream")
+            return StreamingResponse(_stream(req, chunk), media_type="text/event-stream")
         await req.done
         out = chunk(req.text, req.finish_reason)
-        out["usage"] = usage(req)
+        out["usage"] = _usage(req)
         return out
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, request: HTTPRequest) -> Any:
-        check_key(request, settings.api_key)
-        messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else list(ids)
-        else:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
-            ids = tokenizer(text)["input_ids"]
-        req, _ = await run(body, list(ids), body.max_completion_tokens or body.max_tokens)
+        _check_key(request, settings.api_key)
+        ids = _chat_prompt_ids(tokenizer, [{"role": m.role, "content": m.content or ""} for m in body.messages])
+        req, _ = await _submit(engine, settings, body, ids, body.max_completion_tokens or body.max_tokens)
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
         def chunk(text: str, reason: str | None) -> dict[str, Any]:
@@ -218,16 +253,20 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}]}
 
         if body.stream:
-            return StreamingResponse(stream(req, chunk), media_type="text/event-stream")
+            return StreamingResponse(_stream(req, chunk), media_type="text/event-stream")
         await req.done
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": req.text},
                              "logprobs": None, "finish_reason": req.finish_reason}],
-                "usage": usage(req)}
+                "usage": _usage(req)}
+
+
+def _add_admin_routes(app: FastAPI, bank: AdapterBank, settings: ServerSettings) -> None:
+    """``POST /admin/adapters`` (load) and ``DELETE /admin/adapters/{name}`` (unload), behind the admin key."""
 
     @app.post("/admin/adapters")
     async def load_adapter(body: LoadBody, request: HTTPRequest) -> dict[str, Any]:
-        check_key(request, settings.admin_key, admin=True)
+        _check_key(request, settings.admin_key, admin=True)
         if body.name == settings.base_name:
             raise APIError(400, f"{body.name!r} is the base model's name", param="name")
         try:
@@ -238,11 +277,9 @@ def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
 
     @app.delete("/admin/adapters/{name}")
     async def unload_adapter(name: str, request: HTTPRequest) -> dict[str, Any]:
-        check_key(request, settings.admin_key, admin=True)
+        _check_key(request, settings.admin_key, admin=True)
         try:
             bank.remove(name)
         except UnknownAdapterError as e:
             raise APIError(404, str(e), code="model_not_found") from None
         return {"unloaded": name, "adapters": bank.names()}
-
-    return app
