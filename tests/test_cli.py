@@ -44,6 +44,25 @@ def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
     assert r.returncode == 0 and r.stdout.startswith("trainable 192 ")  # l=3 x 2 layers x (K,V) x 2 kv heads x 8
 
 
+@pytest.mark.parametrize("method, options", [
+    ("prompt", ["num_virtual_tokens=7"]),
+    ("ptuning_v2", ["prefix_length=4", "num_labels=3"]),
+    ("prefix", ["gate=true"]),
+])
+def test_params_counts_every_registered_method(tiny_dir, method, options):  # noqa: F811
+    from transformers import AutoModelForCausalLM
+
+    import prefixtune as pt
+    from prefixtune.methods import REGISTRY
+    from prefixtune.train.commands import parse_options
+
+    r = cli("params", "--model", tiny_dir, "--method", method, *[a for o in options for a in ("--set", o)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    want = pt.wrap(model, REGISTRY[method].config(**parse_options(options))).count_parameters()
+    assert r.stdout.strip() == str(want)
+
+
 def test_help_documents_every_option():
     r = cli("train", "--help")
     assert r.returncode == 0

@@ -36,3 +36,16 @@ def test_gqa_direct_count_is_2_l_L_nkv_dhead():
 def test_excluded_layers_are_not_counted():
     config = pt.PrefixConfig(prefix_length=4, reparameterization="direct", exclude_layers=(0,))
     assert pt.count_parameters(tiny_model("gpt2"), config).stored == 4 * 1 * 2 * 4 * 8
+
+
+@pytest.mark.parametrize("reparam", ["mlp", "direct"])
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_planned_counts_of_a_gated_prefix_include_the_gates(family, reparam):
+    config = pt.PrefixConfig(prefix_length=3, hidden_size=8, reparameterization=reparam, gate=True, exclude_layers=(1,))
+    model = tiny_model(family)
+    planned = pt.count_parameters(model, config)
+    pm = pt.wrap(model, config)
+    assert planned == pt.count_parameters(pm)
+    gates = sum(g.numel() for g in pm.prefix.gates.values())
+    assert gates == sum(s.num_kv_heads for s in pm.layout.locations)  # one prefixed layer per location
+    assert planned.trainable == sum(p.numel() for p in pm.trainable_parameters())

@@ -6,6 +6,8 @@ import argparse
 import dataclasses
 import sys
 
+from prefixtune.methods import REGISTRY
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixtune`` with ``argv`` (default: the command line's); returns the exit status, 2 after a
@@ -42,9 +44,13 @@ def _add_params_parser(sub: argparse._SubParsersAction) -> None:
     params = sub.add_parser("params", help="trainable and stored parameters for a model and prefix config")
     params.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
     params.add_argument("--task", default="causal-lm", help="causal-lm, masked-lm, seq2seq-lm or base")
+    params.add_argument("--method", default="prefix", choices=list(REGISTRY),
+                        help="; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values()) + " (default: prefix)")
+    params.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option, e.g. --set num_virtual_tokens=20 (any method)")
     for f in _params_fields():
         params.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                            help=f"(default: {f.default})")
+                            help=f"prefix only (default: {f.default})")
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -115,9 +121,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command == "params":
         from prefixtune.bundled.models import load_model
         from prefixtune.methods.params import count_parameters
-        from prefixtune.methods.prefix import PrefixConfig
+        from prefixtune.train.commands import parse_options
 
-        cfg = PrefixConfig(**{f.name: getattr(args, f.name) for f in _params_fields()})
+        flags = {f.name: getattr(args, f.name) for f in _params_fields()} if args.method == "prefix" else {}
+        cfg = REGISTRY[args.method].config(**{**flags, **parse_options(args.options)})
         model, _ = load_model(args.model, task=args.task)
         print(count_parameters(model, cfg))
     elif args.command == "train":

@@ -48,6 +48,9 @@ def expected_counts(layout: ModelLayout, config: PrefixConfig) -> ParameterCount
             trainable += config.prefix_length * d + (d * h + h) + (h * out + out)
         else:
             trainable += config.prefix_length * out
+        if config.gate:  # one gate per prefixed layer and key/value head, trained and stored
+            trainable += layers * shape.num_kv_heads
+            stored += layers * shape.num_kv_heads
     return ParameterCount(trainable, stored, layout.base_parameters)
 
 

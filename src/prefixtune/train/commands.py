@@ -17,13 +17,25 @@ from prefixtune.train.loop import train
 from prefixtune.train.methods import TRAIN_METHODS, load_trained, model_task
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A command-line value: an int, a float, true/false/none, or the text itself."""
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
     return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["KEY=VALUE", ...]`` (``--set``) as a mapping of parsed values."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        options[key] = parse_value(value)
+    return options
 
 
 def add_train_options(parser: Any) -> None:
@@ -42,7 +54,7 @@ def add_train_options(parser: Any) -> None:
         elif isinstance(f.default, bool):
             parser.add_argument(flag, default=None, action="store_true", help=doc)
         else:
-            parser.add_argument(flag, default=None, type=_parse_value, help=doc)
+            parser.add_argument(flag, default=None, type=parse_value, help=doc)
     parser.add_argument("--no-resume", action="store_true", help="start over even if the run directory has checkpoints")
 
 
@@ -54,13 +66,7 @@ def train_config(args: Any) -> TrainConfig:
         if given is None:
             continue
         if f.name == "adapter":
-            options = dict(values.get("adapter", {}))
-            for item in given:
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-                options[key] = _parse_value(value)
-            values["adapter"] = options
+            values["adapter"] = {**values.get("adapter", {}), **parse_options(given)}
         else:
             values[f.name] = given
     return TrainConfig.from_dict(values)
