@@ -113,3 +113,16 @@ def test_adding_a_model_in_training_mode_serves_it_without_dropout_and_leaves_it
     torch.testing.assert_close(bank(adapter="a", input_ids=ids).logits, want)
     kv = pm.prefix.encoders["decoder_self"].kv
     assert bank.adapters["a"].kvs["decoder_self"].data_ptr() != kv.data_ptr()  # a copy, not the live parameter
+
+
+def test_detached_adapter_tensors_keep_gates_and_own_their_storage():
+    from prefixtune.runtime.adapters import AdapterTensors
+
+    pm = pt.wrap(tiny_model("llama"), pt.PrefixConfig(prefix_length=2, reparameterization="direct", gate=True))
+    with torch.no_grad():
+        pm.prefix.gates["decoder_self"].add_(0.5)
+    live = AdapterTensors.of(pm.config, pm.parts)
+    copy = live.detached("cpu")
+    assert set(copy.gates) == {"decoder_self"} and torch.equal(copy.gates["decoder_self"], live.gates["decoder_self"])
+    assert copy.gates["decoder_self"].data_ptr() != live.gates["decoder_self"].data_ptr()
+    assert not copy.gates["decoder_self"].requires_grad and copy.shift == live.shift == 0  # gated: natural positions

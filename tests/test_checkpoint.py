@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -171,7 +172,9 @@ def test_tensors_that_do_not_fit_the_config_are_refused_even_with_a_valid_checks
     kv = load_file(tmp_path / "direct" / PREFIX_NAME)["prefix.decoder_self"]
     for bad in ({"prefix.decoder_self": kv[:, :, :, :2].contiguous()}, {}):
         _rewrite(tmp_path / "direct", PREFIX_NAME, bad)
-        with pytest.raises(pt.CheckpointError, match="prefix.decoder_self has shape"):
+        got = tuple(bad["prefix.decoder_self"].shape) if bad else None
+        with pytest.raises(pt.CheckpointError, match=rf"prefix.decoder_self has shape {re.escape(str(got))}, "
+                                                     rf"expected \({kv.shape[0]}, 2,"):
             pt.load(tiny_model("llama"), tmp_path / "direct")
     prompt = pt.wrap(tiny_model("llama"), pt.PromptConfig(num_virtual_tokens=3))
     prompt.save_pretrained(tmp_path / "prompt")
@@ -234,3 +237,37 @@ def test_gated_prefix_keeps_its_gates_through_save_and_load(tmp_path, family, re
     pm.fold().save_pretrained(tmp_path / "folded")
     torch.testing.assert_close(pt.load(tiny_model(family), tmp_path / "folded").eval()(**kw).logits, want,
                                atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [TRAINABLE_NAME, PREFIX_NAME])
+def test_tensors_of_a_part_the_adapter_does_not_have_are_refused(tmp_path, name):
+    """A head's weights in a prefix adapter (a file from another adapter, or edited) are not ignored."""
+    from safetensors.torch import load_file
+
+    trained("llama").save_pretrained(tmp_path / "a")
+    state = load_file(tmp_path / "a" / name)
+    _rewrite(tmp_path / "a", name, {**state, "head.classifier.weight": torch.zeros(2, 32)})
+    with pytest.raises(pt.CheckpointError, match=r"unexpected tensors \['head.classifier.weight'\]"):
+        pt.load(tiny_model("llama"), tmp_path / "a", folded=name == PREFIX_NAME)
+
+
+def test_manifest_says_whether_only_folded_tensors_are_saved(tmp_path):
+    pm = trained("llama")
+    pm.save_pretrained(tmp_path / "mlp")
+    pm.fold().save_pretrained(tmp_path / "folded")
+    assert json.loads((tmp_path / "mlp" / CONFIG_NAME).read_text())["folded"] is False
+    assert json.loads((tmp_path / "folded" / CONFIG_NAME).read_text())["folded"] is True
+
+
+@pytest.mark.parametrize("config", [pt.PrefixConfig(prefix_length=3, hidden_size=8, dropout=0.4),
+                                    pt.PromptConfig(num_virtual_tokens=3, encoder="mlp", encoder_hidden_size=8,
+                                                    dropout=0.4)])
+def test_dropout_survives_folding_and_loading_the_folded_tensors(tmp_path, config):
+    """Training a folded adapter further (e.g. one loaded with folded=True) keeps the config's dropout."""
+    pm = pt.wrap(tiny_model("llama"), config)
+    pm.save_pretrained(tmp_path / "a")
+    folded = pm.fold()
+    loaded = pt.load(tiny_model("llama"), tmp_path / "a", folded=True)
+    for model in (folded, loaded):
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout) and m is not None}
+        assert 0.4 in rates, rates

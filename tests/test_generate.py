@@ -177,3 +177,10 @@ def test_stopping_criteria_see_the_input_ids_also_with_a_prompt():
     assert len(record.seen) == 3
     for step, seen in enumerate(record.seen, start=1):
         assert torch.equal(seen, out[:, :5 + step])  # input ids, then the tokens so far
+
+
+def test_generate_takes_input_ids_positionally():
+    pm = make("llama")
+    ids = token_ids("llama", 2, 5)
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert torch.equal(pm.generate(ids, **kw), pm.generate(input_ids=ids, **kw))

@@ -102,3 +102,14 @@ def test_unexportable_adapters_are_refused(tmp_path):
     head = pt.wrap(tiny_model("bert"), pt.PTuningV2Config(prefix_length=2))
     with pytest.raises(ValueError, match="head"):
         head.save_peft(tmp_path)
+
+
+def test_export_records_the_base_model_name(tmp_path):
+    pm = pt.wrap(tiny_model("llama"), pt.PrefixConfig(prefix_length=2, reparameterization="direct"))
+    pm.save_peft(tmp_path / "named", base_model_name="org/tiny-llama")
+    assert json.loads((tmp_path / "named" / "adapter_config.json").read_text())["base_model_name_or_path"] \
+        == "org/tiny-llama"
+    pm.base_model.config._name_or_path = "local/tiny"
+    pm.save_peft(tmp_path / "default")
+    assert json.loads((tmp_path / "default" / "adapter_config.json").read_text())["base_model_name_or_path"] \
+        == "local/tiny"

@@ -91,7 +91,7 @@ def read_tensors(path: Path, name: str, manifest: dict[str, Any]) -> dict[str, t
         raise CheckpointError(f"{Path(path) / name}: not a readable safetensors file ({e})") from None
 
 
-def _check_layout(path: Path, manifest: dict[str, Any], layout: ModelLayout) -> dict[str, tuple[int, ...]]:
+def _check_layout(manifest: dict[str, Any], layout: ModelLayout) -> dict[str, tuple[int, ...]]:
     saved = ModelLayout.from_dict(manifest["layout"])
     layers = {loc: tuple(v) for loc, v in manifest.get("prefixed_layers", {}).items()}
     layout.check_compatible(saved, tuple(layers))
@@ -113,7 +113,7 @@ def load_parts(path: str | os.PathLike, layout: ModelLayout, folded: bool = Fals
         config = config_from_dict({**manifest["config"], "method": manifest.get("method")})
     except ValueError as e:
         raise CheckpointError(f"{path / CONFIG_NAME}: {e}") from None
-    layers = _check_layout(path, manifest, layout)
+    layers = _check_layout(manifest, layout)
     fresh = build_parts(config, layout, initialize=False)
     if sorted(fresh.prefixed_layers.items()) != sorted(layers.items()):
         raise CheckpointError(f"{path}: prefixed layers {layers} do not follow from its config")
