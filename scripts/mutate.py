@@ -61,14 +61,14 @@ MODULES = {
 
 #: tests that never run the mutated code in-process (subprocesses) or take too long per mutant
 SLOW_TESTS = (
-    "tests/test_cli.py", "tests/test_compare.py", "tests/test_real_models.py", "tests/test_packaging.py",
-    "tests/test_train.py::test_two_process_ddp_equals_one_process",
-    "tests/test_train.py::test_two_processes_stop_early_together_and_a_rerun_trains_no_more",
-    "tests/test_serve.py::test_serve_command_runs_and_stops_on_sigterm",
+    "tests/cli/test_cli.py", "tests/compare/test_compare.py", "tests/runtime/test_real_models.py", "tests/test_packaging.py",
+    "tests/train/test_train.py::test_two_process_ddp_equals_one_process",
+    "tests/train/test_train.py::test_two_processes_stop_early_together_and_a_rerun_trains_no_more",
+    "tests/serve/test_serve.py::test_serve_command_runs_and_stops_on_sigterm",
 )
 #: modules whose code runs mostly in threads the per-test coverage context does not follow (the server's
 #: event loop and the engine's worker): their tests are added when a mutant's lines have no covering test
-THREAD_TESTS = {"serve.engine": "tests/test_serve.py"}
+THREAD_TESTS = {"serve.engine": "tests/serve/test_serve.py"}
 MESSAGE_CALLS = {"warn", "log", "print", "info", "warning", "debug", "error"}
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers as T
+
+from prefixtune.bundled.models import resolve
 
 V = 96  # vocabulary
 
@@ -63,3 +67,14 @@ def token_ids(family: str, rows: int, length: int, seed: int = 1) -> torch.Tenso
 
 def pad_token(family: str) -> int:
     return {"roberta": 1, "bart": 1}.get(family, 0)
+
+
+def save_tiny_bert(where: Path, **config) -> Path:
+    """A tiny random BERT with MiniLM's real tokenizer, saved like any local model."""
+    tok = T.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
+    torch.manual_seed(0)
+    cfg = T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                       vocab_size=len(tok), **config)
+    T.BertModel(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return where

@@ -1,4 +1,4 @@
-"""One process of a two-process run (launched by tests/test_train_ddp.py with torch.distributed.run).
+"""One process of a two-process run (launched by tests/train/test_train.py with torch.distributed.run).
 
 Usage: ``ddp_worker.py CONFIG.json SCORES.json SEEN_DIR DEADLINE``. Rank 0's evaluations return the
 scripted BLEU scores in order (only rank 0 evaluates); every process counts its optimizer steps and

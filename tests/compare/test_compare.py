@@ -11,10 +11,9 @@ import yaml
 from prefixtune.cli.main import main
 from prefixtune.compare import CompareConfig
 from prefixtune.core.config import ConfigError
-from test_train import e2e_dir, sentiment_dir, tiny_bert_dir, tiny_dir  # noqa: F401  (fixtures)
 
 
-def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
+def comparison(tiny_dir, e2e_dir, out) -> dict:
     return {
         "name": "tiny", "out": str(out),
         "base": {"model": str(tiny_dir), "task": "e2e", "data": str(e2e_dir), "steps": 3, "batch_size": 4,
@@ -36,7 +35,7 @@ def comparison(tiny_dir, e2e_dir, out) -> dict:  # noqa: F811
     }
 
 
-def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
+def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys):
     out = tmp_path / "cmp"
     cfg_file = tmp_path / "cmp.yaml"
     cfg_file.write_text(yaml.safe_dump(comparison(tiny_dir, e2e_dir, out), sort_keys=False))
@@ -85,7 +84,7 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys): 
     assert "batch_size" in capsys.readouterr().err
 
 
-def test_dry_run_lists_runs(tiny_dir, e2e_dir, tmp_path, capsys):  # noqa: F811
+def test_dry_run_lists_runs(tiny_dir, e2e_dir, tmp_path, capsys):
     cfg_file = tmp_path / "cmp.json"
     cfg_file.write_text(json.dumps(comparison(tiny_dir, e2e_dir, tmp_path / "cmp")))
     assert main(["compare", "--config", str(cfg_file), "--dry-run"]) == 0
@@ -123,7 +122,7 @@ def test_a_single_sweep_mapping_is_named_after_its_method(tmp_path):
     assert [r.config.adapter["hidden_size"] for r in runs] == [8, 8]  # the rest from the method
 
 
-def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_dir, tmp_path):  # noqa: F811
+def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_dir, tmp_path):
     """Encoder methods on an SST-2-style task: accuracy and F1 columns, a wall-clock budget, an lr sweep."""
     out = tmp_path / "cls"
     cfg = {"name": "cls", "out": str(out),

@@ -213,7 +213,7 @@ def test_unmasked_causal_call_with_more_keys_than_queries_is_causal_from_the_fir
     """transformers omits the mask for a pre-allocated cache whose tail is unused: queries ``0..q-1``
     against keys ``0..k-1`` must then see keys ``<= i`` (not aligned to the last key)."""
     from prefixtune.hf.boundary import _attention
-    from test_attention import reference
+    from oracle import reference
 
     module = torch.nn.Module()
     module.is_causal = True

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from test_train import e2e_dir, tiny_dir  # noqa: F401  (fixtures)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, timeout=600):
@@ -21,7 +20,7 @@ def cli(*args, timeout=600):
                           timeout=timeout, env=env, cwd=ROOT)
 
 
-def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
+def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {tiny_dir}\ntask: e2e\ndata: {e2e_dir}\nsteps: 4\nbatch_size: 4\n"
@@ -49,7 +48,7 @@ def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
     ("ptuning_v2", ["prefix_length=4", "num_labels=3"]),
     ("prefix", ["gate=true"]),
 ])
-def test_params_counts_every_registered_method(tiny_dir, method, options):  # noqa: F811
+def test_params_counts_every_registered_method(tiny_dir, method, options):
     from transformers import AutoModelForCausalLM
 
     import prefixtune as pt
@@ -89,7 +88,7 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("prefixtune: error:") and message in lines[0], r.stderr[-2000:]
 
 
-def test_missing_column_is_named(tiny_dir, tmp_path):  # noqa: F811
+def test_missing_column_is_named(tiny_dir, tmp_path):
     data = tmp_path / "d.csv"
     data.write_text("question,answer\nhi,there\n")
     r = cli("train", "--model", tiny_dir, "--task", "qa", "--data", data, "--input-column", "q",
@@ -98,7 +97,7 @@ def test_missing_column_is_named(tiny_dir, tmp_path):  # noqa: F811
     assert "column 'q'" in r.stderr and "['answer', 'question']" in r.stderr
 
 
-def test_adapter_for_another_model_is_refused(tiny_dir, e2e_dir, tmp_path):  # noqa: F811
+def test_adapter_for_another_model_is_refused(tiny_dir, e2e_dir, tmp_path):
     import prefixtune as pt
     from tiny import tiny_model
 

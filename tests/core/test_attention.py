@@ -7,44 +7,8 @@ import math
 import pytest
 import torch
 
+from oracle import reference
 from prefixtune import PrefixAttention, prefix_attention
-
-
-def reference(q, k, v, pk=None, pv=None, allowed=None, prefix_allowed=None, scale=None, softcap=None, bias=None):
-    """Per row, per head, per query: softmax over [prefix; keys] written with plain loops (float64)."""
-    b, h, nq, d = q.shape
-    hk = k.shape[1]
-    out = torch.zeros(b, h, nq, d, dtype=torch.float64)
-    scale = scale or 1 / math.sqrt(d)
-    for r in range(b):
-        for head in range(h):
-            g = head // (h // hk)
-            keys = k[r, g].double()
-            vals = v[r, g].double()
-            n_pre = 0
-            if pk is not None:
-                keys = torch.cat([pk[r if pk.shape[0] > 1 else 0, g].double(), keys])
-                vals = torch.cat([pv[r if pv.shape[0] > 1 else 0, g].double(), vals])
-                n_pre = pk.shape[2]
-            for i in range(nq):
-                logits = []
-                for j in range(keys.shape[0]):
-                    if j < n_pre:
-                        ok = True if prefix_allowed is None else bool(prefix_allowed[r, j])
-                    else:
-                        ok = True if allowed is None else bool(allowed[r, i, j - n_pre])
-                    if not ok:
-                        logits.append(-math.inf)
-                        continue
-                    s = float(q[r, head, i].double() @ keys[j]) * scale
-                    if softcap:
-                        s = softcap * math.tanh(s / softcap)
-                    if bias is not None and j >= n_pre:
-                        s += float(bias[0, head, i, j - n_pre])
-                    logits.append(s)
-                w = torch.softmax(torch.tensor(logits, dtype=torch.float64), 0)
-                out[r, head, i] = w @ vals
-    return out
 
 
 def rand(*shape):

@@ -18,38 +18,9 @@ from prefixtune.io.checkpoint import load_parts
 from prefixtune.hf.boundary import describe
 from prefixtune.train.config import TrainConfig
 from prefixtune.train.loop import train
+from tiny import save_tiny_bert
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama with SmolLM2's real tokenizer, saved like any local model."""
-    where = tmp_path_factory.mktemp("tiny-llama")
-    tok = T.AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
-    torch.manual_seed(0)
-    cfg = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                        intermediate_size=64, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                        bos_token_id=tok.bos_token_id)
-    T.LlamaForCausalLM(cfg).save_pretrained(where)
-    tok.save_pretrained(where)
-    return where
-
-
-@pytest.fixture(scope="module")
-def e2e_dir(tmp_path_factory):
-    where = tmp_path_factory.mktemp("e2e-mini")
-    foods = ["French", "Thai", "Italian", "English"]
-    for split, n in (("train", 40), ("dev", 8)):
-        with open(where / f"{split}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["mr", "ref"])
-            for i in range(n):
-                mr = f"name[Place {i}], food[{foods[i % 4]}]"
-                w.writerow([mr, f"Place {i} serves {foods[i % 4]} food."])
-                if split == "dev":
-                    w.writerow([mr, f"{foods[i % 4]} food at Place {i}."])
-    return where
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def config(tiny_dir, e2e_dir, out, **kw):
@@ -282,7 +253,7 @@ def test_two_processes_stop_early_together_and_a_rerun_trains_no_more(tiny_dir, 
     cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=6, eval_every=1, save_every=100, patience=1)
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     (tmp_path / "scores.json").write_text(json.dumps([50.0, 40.0, 45.0, 44.0]))
-    worker = str(ROOT / "tests" / "ddp_worker.py")
+    worker = str(Path(__file__).with_name("ddp_worker.py"))
 
     def run_twice(tag: str) -> list[dict]:
         seen = tmp_path / tag
@@ -346,35 +317,6 @@ def test_time_budget_stops_the_run_and_a_rerun_does_not_train_more(tiny_dir, e2e
     after = adapter_state(tmp_path / "run", tiny_dir)
     for k in before:
         torch.testing.assert_close(before[k], after[k], rtol=0, atol=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
-
-
-def save_tiny_bert(where: Path, **config) -> Path:
-    """A tiny random BERT with MiniLM's real tokenizer, saved like any local model."""
-    tok = T.AutoTokenizer.from_pretrained(resolve("minilm-l6"))
-    torch.manual_seed(0)
-    cfg = T.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
-                       vocab_size=len(tok), **config)
-    T.BertModel(cfg).save_pretrained(where)
-    tok.save_pretrained(where)
-    return where
-
-
-@pytest.fixture(scope="module")
-def sentiment_dir(tmp_path_factory):
-    """A tiny SST-2-like TSV task whose label is given away by one word."""
-    where = tmp_path_factory.mktemp("sentiment")
-    for split, n in (("train", 64), ("dev", 16)):
-        rows = ["sentence\tlabel"]
-        for i in range(n):
-            good = i % 2 == 0
-            rows.append(f"the film number {i} was {'wonderful' if good else 'dreadful'}\t{int(good)}")
-        (where / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-    return where
 
 
 @pytest.mark.parametrize("method,adapter", [("ptuning_v2", {"prefix_length": 2, "pooling": "mean"}),
