@@ -320,8 +320,10 @@ def test_fold_replaces_the_prompt_encoder_and_keeps_outputs():
     assert pm.prompt.is_folded and pm.prompt.lstm is None
     torch.testing.assert_close(pm(input_ids=ids).logits, want, atol=1e-6, rtol=1e-6)
     assert torch.equal(pm(ids).logits, pm(input_ids=ids).logits)  # input_ids may be positional
+    mask = torch.ones_like(ids)  # positional like a transformers model's forward: input_ids, attention_mask, ...
+    assert torch.equal(pm(ids, mask).logits, pm(input_ids=ids, attention_mask=mask).logits)
     with pytest.raises(TypeError, match="by keyword"):
-        pm(ids, torch.ones_like(ids))
+        pm(ids, mask, *([None] * 6), "an unnamed ninth")
 
 
 def test_prompt_model_takes_inputs_embeds_instead_of_ids():

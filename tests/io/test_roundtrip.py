@@ -139,7 +139,7 @@ def test_round_trip(tmp_path, config, family):
     pm.save_pretrained(tmp_path / "a")
     for folded in (False, True):  # the full trainable state, and the inference tensors only
         loaded = pt.load(tiny_model(family), tmp_path / "a", folded=folded).eval()
-        assert loaded.config == config
+        assert loaded.adapter_config == config
         torch.testing.assert_close(outputs(loaded, kw), want, rtol=1e-5, atol=1e-5, msg=f"folded={folded}")
     resumed = pt.wrap(tiny_model(family), config, tokenizer=WordTokenizer())
     resumed.load_trainable(tmp_path / "a")

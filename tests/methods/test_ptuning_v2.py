@@ -86,7 +86,7 @@ def test_save_load_keeps_head(tmp_path, family, reparam):
     want = pm(input_ids=ids).logits
     pm.save_pretrained(tmp_path)
     loaded = pt.load(tiny_model(family), tmp_path).eval()
-    assert isinstance(loaded.config, pt.PTuningV2Config)
+    assert isinstance(loaded.adapter_config, pt.PTuningV2Config)
     torch.testing.assert_close(loaded(input_ids=ids).logits, want, rtol=0, atol=0)
     folded = pt.load(tiny_model(family), tmp_path, folded=True).eval()
     torch.testing.assert_close(folded(input_ids=ids).logits, want, atol=1e-6, rtol=1e-5)
@@ -99,7 +99,7 @@ def test_generate_is_refused_with_a_head():
 
 def test_default_positions_are_shifted_like_prefix_config():
     pm = make("bert")
-    assert pm.config.prefix.position_mode == "shifted" and pm.shifted
+    assert pm.adapter_config.prefix.position_mode == "shifted" and pm.shifted
     gated = pt.PTuningV2Config(gate=True)
     assert gated.prefix.position_mode == "natural"
 

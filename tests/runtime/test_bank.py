@@ -121,7 +121,7 @@ def test_detached_adapter_tensors_keep_gates_and_own_their_storage():
     pm = pt.wrap(tiny_model("llama"), pt.PrefixConfig(prefix_length=2, reparameterization="direct", gate=True))
     with torch.no_grad():
         pm.prefix.gates["decoder_self"].add_(0.5)
-    live = AdapterTensors.of(pm.config, pm.parts)
+    live = AdapterTensors.of(pm.adapter_config, pm.parts)
     copy = live.detached("cpu")
     assert set(copy.gates) == {"decoder_self"} and torch.equal(copy.gates["decoder_self"], live.gates["decoder_self"])
     assert copy.gates["decoder_self"].data_ptr() != live.gates["decoder_self"].data_ptr()

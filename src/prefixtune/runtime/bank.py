@@ -68,7 +68,7 @@ class AdapterBank(nn.Module):
         if isinstance(source, (str, os.PathLike)):
             config, parts = load_parts(source, self.runtime.layout, folded=True)
         else:
-            config, parts = source.config, source.parts
+            config, parts = source.adapter_config, source.parts
         folded = self._fold(config, parts)
         with self._lock:
             self.adapters[name] = folded

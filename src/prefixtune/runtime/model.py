@@ -23,17 +23,20 @@ from prefixtune.methods import MethodConfig, build_parts
 from prefixtune.methods.params import ParameterCount, count_parts
 from prefixtune.methods.prefix import PrefixConfig
 from prefixtune.runtime.adapters import AdapterRuntime, AdapterTensors
+from prefixtune.runtime.compat import TransformersModelMixin
 from prefixtune.runtime.init import initialize_from_activations
 
 
-class PrefixModel(nn.Module):
+class PrefixModel(TransformersModelMixin, nn.Module):
     """A frozen base model with a trained prefix, prompt and/or head.
 
     Use :func:`prefixtune.wrap` (or :func:`prefixtune.load`) to make one.
 
     Attributes:
         base_model: the wrapped transformers model (all its parameters frozen).
-        config: the method's config (:class:`PrefixConfig`, :class:`PromptConfig`, :class:`PTuningV2Config`).
+        adapter_config: the method's config (:class:`PrefixConfig`, :class:`PromptConfig`, :class:`PTuningV2Config`).
+        config: the base model's ``PretrainedConfig``, as transformers tools expect (see
+            :mod:`prefixtune.runtime.compat` for the rest of the transformers model interface).
         prefix: the :class:`~prefixtune.core.prefix.PrefixStack`, or None.
         prompt: the :class:`~prefixtune.core.prompt.PromptEmbedding`, or None.
         head: the task head, or None.
@@ -45,7 +48,7 @@ class PrefixModel(nn.Module):
         super().__init__()
         self.runtime = AdapterRuntime(base_model)
         self.base_model = base_model
-        self.config = config
+        self.adapter_config = config
         for p in base_model.parameters():
             p.requires_grad_(False)
         fresh = parts is None
@@ -73,26 +76,35 @@ class PrefixModel(nn.Module):
 
     @property
     def shifted(self) -> bool:
-        prefix_cfg = self.config.prefix_config
+        prefix_cfg = self.adapter_config.prefix_config
         return prefix_cfg is not None and prefix_cfg.position_mode == "shifted"
 
     def adapter(self) -> AdapterTensors:
         """This forward's adapter tensors (the prefix MLP runs once, shared by all rows)."""
-        return AdapterTensors.of(self.config, self.parts)
+        return AdapterTensors.of(self.adapter_config, self.parts)
 
     # ------------------------------------------------------------------ forward / generate
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                *args: Any, **kwargs: Any) -> Any:
         """Same arguments and outputs as the base model's forward (``input_ids`` may be positional).
+
+        The common inputs are named (``transformers.Trainer`` keeps the dataset columns a model's
+        forward names, and finds ``labels`` there); any other base-model argument goes by keyword.
 
         With a prompt, ``logits``/``last_hidden_state`` keep one position per input token (the
         virtual tokens' positions are dropped; the loss never covers them). With a head, the
         output is the head's (``SequenceClassifierOutput`` or ``TokenClassifierOutput``).
         """
         if args:
-            if len(args) > 1:
-                raise TypeError("pass arguments other than input_ids by keyword")
-            kwargs["input_ids"] = args[0]
+            raise TypeError("pass arguments other than input_ids by keyword")
+        named = dict(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, labels=labels,
+                     token_type_ids=token_type_ids, position_ids=position_ids, decoder_input_ids=decoder_input_ids,
+                     decoder_attention_mask=decoder_attention_mask)
+        kwargs.update({k: v for k, v in named.items() if v is not None})
         return self.runtime.forward(self.adapter(), kwargs, head=self.head)
 
     @torch.no_grad()
@@ -116,13 +128,6 @@ class PrefixModel(nn.Module):
         self.prefix, self.prompt = folded.prefix, folded.prompt
         return self
 
-    def gradient_checkpointing_enable(self) -> None:
-        """Recompute the base model's layers in backward (non-reentrant, so prefix gradients flow)."""
-        self.base_model.activation_checkpointing_enable({"use_reentrant": False})
-
-    def gradient_checkpointing_disable(self) -> None:
-        self.base_model.activation_checkpointing_disable()
-
     def count_parameters(self) -> ParameterCount:
         """Trainable parameters, those stored for inference (after folding), and the base model's."""
         return count_parts(self.parts, self.layout.base_parameters)
@@ -135,7 +140,7 @@ class PrefixModel(nn.Module):
 
     def save_pretrained(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
         """Write the adapter to ``path`` (see :mod:`prefixtune.io.checkpoint`)."""
-        save_adapter(path, self.config, self.parts, self.layout, self._base_name(base_model_name))
+        save_adapter(path, self.adapter_config, self.parts, self.layout, self._base_name(base_model_name))
 
     def load_trainable(self, path: str | os.PathLike) -> None:
         """Load the trainable state saved by :meth:`save_pretrained` into this model's own parts
@@ -148,7 +153,7 @@ class PrefixModel(nn.Module):
 
     def save_peft(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
         """Write the adapter in PEFT's format (see :mod:`prefixtune.io.peft`)."""
-        write_peft(path, self.config, self.parts, self.layout, self._base_name(base_model_name))
+        write_peft(path, self.adapter_config, self.parts, self.layout, self._base_name(base_model_name))
 
     def unwrap(self) -> nn.Module:
         """Give the base model back with its original attention implementation."""
