@@ -88,3 +88,41 @@ def test_trainer_with_default_arguments_trains_and_evaluates(tmp_path, config, c
     after = trainer.evaluate()["eval_loss"]
     assert after < before - 0.05, (before, after)
     assert pm.is_gradient_checkpointing == checkpointing
+
+
+class _Labeled(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        ids = token_ids("bert", n, 6, seed=4)
+        self.rows = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": torch.tensor(i % 3)}
+                     for i, r in enumerate(ids)]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+@pytest.mark.parametrize("accumulation", [1, 2, 4])
+def test_trainer_gradient_accumulation_with_a_head_equals_one_large_batch(tmp_path, accumulation):
+    """Oracle: one SGD step on 4 examples at once. Trainer counts the items of the accumulated batch;
+    a head's mean loss must then not be summed over micro-batches (it was: the step was 2x, 4x)."""
+    def step(batch, accum):
+        torch.manual_seed(0)
+        pm = pt.wrap(tiny_model("bert"), pt.PTuningV2Config(prefix_length=2, num_labels=3, dropout=0.0,
+                                                            head_dropout=0.0))
+        for m in pm.modules():  # the frozen base's own dropout would draw other masks per micro-batch size
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        start = {n: p.detach().clone() for n, p in pm.named_parameters() if p.requires_grad}
+        args = T.TrainingArguments(output_dir=str(tmp_path / f"{batch}"), max_steps=1, per_device_train_batch_size=batch,
+                                   gradient_accumulation_steps=accum, optim="sgd", learning_rate=0.5,
+                                   lr_scheduler_type="constant", max_grad_norm=0.0, report_to=[], save_strategy="no",
+                                   use_cpu=True)  # no clipping: it would hide a scaled loss
+        T.Trainer(model=pm, args=args, train_dataset=_Labeled(4)).train()  # one global batch: any order
+        return {n: p.detach() - start[n] for n, p in pm.named_parameters() if p.requires_grad}
+
+    want = step(4, 1)
+    got = step(4 // accumulation, accumulation)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -91,6 +91,17 @@ def _take(t: torch.Tensor, real_index: torch.Tensor) -> torch.Tensor:
     return t.gather(1, index)
 
 
+def _per_item_loss(out: Any, labels: torch.Tensor | None, items: Any) -> Any:
+    """A head's mean loss as ``sum / items`` when the caller counts the items of a whole accumulated
+    batch (``transformers.Trainer`` passes ``num_items_in_batch`` and then does not divide by the
+    accumulation steps itself): labeled items are labels other than -100."""
+    if items is None or labels is None or out.loss is None:
+        return out
+    count = (labels != -100).sum() if labels.dtype == torch.long else torch.tensor(labels.numel())
+    out["loss"] = out.loss * count.to(out.loss.device) / torch.as_tensor(items, device=out.loss.device)
+    return out
+
+
 class _SeesInputIds(StoppingCriteria):
     """Generating from embeddings, transformers hands stopping criteria only the new tokens;
     this gives ``criterion`` the input ids in front, as without a prompt."""
@@ -203,6 +214,7 @@ class AdapterRuntime:
         """
         kwargs = dict(kwargs)
         labels = kwargs.pop("labels", None) if head is not None else None
+        items = kwargs.pop("num_items_in_batch", None) if head is not None else None
         mask = kwargs.get("attention_mask")
         prepared = self.prepare(adapters, kwargs, extend_labels=not self.is_encoder_decoder)
         if head is not None:
@@ -214,7 +226,7 @@ class AdapterRuntime:
             hidden = out.hidden_states[-1] if hidden is None else hidden
             if prepared.real_index is not None:
                 hidden = _take(hidden, prepared.real_index)
-            return head(hidden, mask, labels)
+            return _per_item_loss(head(hidden, mask, labels), labels, items)
         if prepared.real_index is not None and not self.is_encoder_decoder:
             for name in ("logits", "last_hidden_state"):
                 value = getattr(out, name, None)
