@@ -130,7 +130,8 @@ def first_batch_oracle(cfg: TrainConfig, initial: list[torch.Tensor]):
     import prefixtune as pt
     from prefixtune.data.batching import collate, encode, length_grouped_batches
     from prefixtune.data.tasks import load_task
-    from prefixtune.train.loop import method_config, task_spec
+    from prefixtune.train.config import task_spec
+    from prefixtune.train.methods import method_config
 
     tok = T.AutoTokenizer.from_pretrained(cfg.model)
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -139,7 +140,7 @@ def first_batch_oracle(cfg: TrainConfig, initial: list[torch.Tensor]):
     encoded, _ = encode(tok, examples, cfg.max_length, "generation")
     index = length_grouped_batches([len(e.input_ids) for e in encoded], cfg.batch_size, cfg.seed, 0)[0]
     batch = collate([encoded[i] for i in index], tok.pad_token_id)
-    pm = pt.wrap(T.AutoModelForCausalLM.from_pretrained(cfg.model), method_config(cfg, "generation"))
+    pm = pt.wrap(T.AutoModelForCausalLM.from_pretrained(cfg.model), method_config(cfg.method, cfg.adapter, "generation"))
     with torch.no_grad():
         for p, value in zip(pm.trainable_parameters(), initial, strict=True):
             p.copy_(value)

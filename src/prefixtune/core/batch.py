@@ -55,9 +55,11 @@ class PrefixBatch:
 
     @classmethod
     def single(cls, kvs: dict[str, torch.Tensor], layers: dict[str, tuple[int, ...]],
-               modules: dict[Slot, nn.Module], gates: dict[str, torch.Tensor] | None = None) -> "PrefixBatch":
+               modules: dict[Slot, nn.Module], gates: dict[str, torch.Tensor] | None = None,
+               shift: int | None = None) -> "PrefixBatch":
         """One prefix for every row: ``kvs[loc]`` is ``(len(layers[loc]), 2, H_kv, l, d)``;
-        ``gates[loc]`` (optional) is ``(len(layers[loc]), H_kv)``."""
+        ``gates[loc]`` (optional) is ``(len(layers[loc]), H_kv)``; ``shift``: how far the real tokens'
+        positions move (default: the prefix length ``l``; 0 for natural positions)."""
         slots: dict[nn.Module, SlotPrefix] = {}
         length = 0
         gates = gates or {}
@@ -68,15 +70,17 @@ class PrefixBatch:
                 slots[modules[(loc, layer)]] = SlotPrefix(kv[i, 0][None], kv[i, 1][None],  # (1, H_kv, l, d)
                                                           gate=None if gate is None else gate[i])
         device = next(iter(kvs.values())).device
-        return cls(slots, torch.tensor([length], device=device))
+        return cls(slots, torch.tensor([length if shift is None else shift], device=device))
 
     @classmethod
     def per_row(cls, prefixes: list[tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]] | None],
-                modules: dict[Slot, nn.Module], device: torch.device | str) -> "PrefixBatch":
+                modules: dict[Slot, nn.Module], device: torch.device | str,
+                shifts: list[int] | None = None) -> "PrefixBatch":
         """A prefix per row (None = no prefix), of possibly different lengths and layers.
 
         Each entry is ``(kvs, layers)`` as in :meth:`single`. Row prefixes are right-padded to the
         longest one; the padding is masked out, so each row attends to its own prefix only.
+        ``shifts``: each row's position shift (default: its prefix length, 0 without one).
         """
         rows = len(prefixes)
         lengths = torch.tensor([0 if p is None else next(iter(p[0].values())).shape[3] for p in prefixes],
@@ -101,4 +105,4 @@ class PrefixBatch:
                 n = k.shape[1]
                 key[row, :, :n], value[row, :, :n], mask[row, :n] = k, v, True
             slots[modules[slot]] = SlotPrefix(key, value, mask)
-        return cls(slots, lengths)
+        return cls(slots, lengths if shifts is None else torch.tensor(shifts, dtype=torch.long, device=device))

@@ -34,7 +34,6 @@ class AdapterTensors:
         gates: location -> gate logits ``(layers, H_kv)`` of a gated prefix; empty otherwise.
         prompt: the prompt vectors ``(l, d_model)``, or None.
         shift: how far the real tokens' positions move (the prefix length in ``"shifted"`` mode, else 0).
-        config: the adapter's method config (for callers; the runtime does not read it).
     """
 
     kvs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -42,7 +41,6 @@ class AdapterTensors:
     gates: dict[str, torch.Tensor] = field(default_factory=dict)
     prompt: torch.Tensor | None = None
     shift: int = 0
-    config: Any = None
 
     @classmethod
     def of(cls, config: Any, parts: Parts) -> "AdapterTensors":
@@ -53,7 +51,7 @@ class AdapterTensors:
         shifted = prefix_cfg is not None and prefix_cfg.position_mode == "shifted"
         length = next(iter(kvs.values())).shape[3] if kvs else 0
         return cls(kvs, parts.prefixed_layers, dict(parts.prefix.gates) if parts.prefix is not None else {},
-                   parts.prompt() if parts.prompt is not None else None, length if shifted else 0, config)
+                   parts.prompt() if parts.prompt is not None else None, length if shifted else 0)
 
     def detached(self, device: torch.device | str) -> "AdapterTensors":
         """A copy on ``device`` with no autograd history and its own storage (for serving: later
@@ -61,7 +59,7 @@ class AdapterTensors:
         move = lambda t: t.detach().to(device, copy=True)  # noqa: E731
         return AdapterTensors({k: move(v) for k, v in self.kvs.items()}, dict(self.layers),
                               {k: move(v) for k, v in self.gates.items()},
-                              None if self.prompt is None else move(self.prompt), self.shift, self.config)
+                              None if self.prompt is None else move(self.prompt), self.shift)
 
 
 #: one adapter for every row, or one per row (None = the bare base model)
@@ -139,22 +137,26 @@ class AdapterRuntime:
 
     # ------------------------------------------------------------------ preparing a batch
 
-    def _prefix_batch(self, adapters: Rows, rows: int) -> PrefixBatch:
+    @staticmethod
+    def rows(kwargs: dict[str, Any]) -> int:
+        """The batch size of a call's ``input_ids`` (or ``inputs_embeds``)."""
+        ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        if ref is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        return ref.shape[0]
+
+    def _prefix_batch(self, adapters: Rows) -> PrefixBatch:
         device = self.device
         if adapters is None or isinstance(adapters, AdapterTensors):
             one = adapters
             if one is not None and one.kvs:
-                batch = PrefixBatch.single(one.kvs, one.layers, self.injection.modules, one.gates)
-            else:
-                batch = PrefixBatch({}, torch.zeros(1, dtype=torch.long, device=device))
-            batch.lengths = torch.tensor([one.shift if one is not None else 0], device=device)
-            return batch
+                return PrefixBatch.single(one.kvs, one.layers, self.injection.modules, one.gates, shift=one.shift)
+            return PrefixBatch({}, torch.zeros(1, dtype=torch.long, device=device))  # prompts keep natural positions
         if any(a is not None and a.gates for a in adapters):
             raise ValueError("gated prefixes run one adapter per batch, not one per row")
         entries = [(a.kvs, a.layers) if a is not None and a.kvs else None for a in adapters]
-        batch = PrefixBatch.per_row(entries, self.injection.modules, device)
-        batch.lengths = torch.tensor([a.shift if a is not None else 0 for a in adapters], device=device)
-        return batch
+        return PrefixBatch.per_row(entries, self.injection.modules, device,
+                                   shifts=[a.shift if a is not None else 0 for a in adapters])
 
     def _prompts(self, adapters: Rows, rows: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``(vectors, slot_mask)``: ``(l, d)`` and None for one adapter; ``(B, l, d)`` and
@@ -182,13 +184,10 @@ class AdapterRuntime:
         position ids are recomputed from the new mask.
         """
         kwargs = dict(kwargs)
-        ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        if ref is None:
-            raise ValueError("pass input_ids or inputs_embeds")
-        rows = ref.shape[0]
+        rows = self.rows(kwargs)
         if not (adapters is None or isinstance(adapters, AdapterTensors)) and len(adapters) != rows:
             raise ValueError(f"{len(adapters)} adapters for {rows} rows")
-        batch = self._prefix_batch(adapters, rows)
+        batch = self._prefix_batch(adapters)
         vectors, slots = self._prompts(adapters, rows)
         real_index, virtual = None, 0
         if vectors is not None:

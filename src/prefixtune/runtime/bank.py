@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prefixtune.core.parts import Parts
+from prefixtune.hf.boundary import Injection
 from prefixtune.io.checkpoint import load_parts
 from prefixtune.methods import MethodConfig
 from prefixtune.runtime.adapters import AdapterRuntime, AdapterTensors, Rows
@@ -44,7 +45,7 @@ class AdapterBank(nn.Module):
         self._lock = threading.Lock()
 
     @property
-    def injection(self) -> Any:
+    def injection(self) -> Injection:
         return self.runtime.injection
 
     @property
@@ -118,19 +119,12 @@ class AdapterBank(nn.Module):
 
     # ------------------------------------------------------------------ running
 
-    @staticmethod
-    def _rows(kwargs: dict[str, Any]) -> int:
-        ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        if ref is None:
-            raise ValueError("pass input_ids or inputs_embeds")
-        return ref.shape[0]
-
     @torch.no_grad()
     def forward(self, adapter: str | None | Sequence[str | None] = None, **kwargs: Any) -> Any:
         """The base model's forward with ``adapter`` (one name, one per row, or None)."""
-        return self.runtime.forward(self._resolve(adapter, self._rows(kwargs)), kwargs)
+        return self.runtime.forward(self._resolve(adapter, self.runtime.rows(kwargs)), kwargs)
 
     @torch.no_grad()
     def generate(self, adapter: str | None | Sequence[str | None] = None, **kwargs: Any) -> Any:
         """``generate`` with ``adapter`` per row; decoder-only outputs start with the input ids."""
-        return self.runtime.generate(self._resolve(adapter, self._rows(kwargs)), kwargs)
+        return self.runtime.generate(self._resolve(adapter, self.runtime.rows(kwargs)), kwargs)

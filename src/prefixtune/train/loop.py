@@ -41,21 +41,6 @@ from prefixtune.train.state import latest_valid, load_state, save_state
 
 
 
-def method_config(cfg: TrainConfig, kind: str, num_labels: int = 2) -> Any:
-    """The method's config from ``cfg.adapter``; classification methods get ``num_labels``."""
-    return methods.method_config(cfg.method, cfg.adapter, kind, num_labels)
-
-
-def model_task(cfg: TrainConfig, kind: str) -> str:
-    """Which transformers head class to load the base model with."""
-    return methods.model_task(kind)
-
-
-def build_model(cfg: TrainConfig, base: Any, tok: Any, kind: str, num_labels: int = 2) -> Any:
-    """The trainable model: a prefixtune adapter or a baseline (LoRA, full fine-tuning)."""
-    return methods.build_model(cfg.method, method_config(cfg, kind, num_labels), base, tok)
-
-
 def _accepts_logits_to_keep(model: Any) -> bool:
     inner = getattr(model, "net", None) if hasattr(model, "net") else getattr(model, "base_model", model)
     return accepts_logits_to_keep(inner)
@@ -141,13 +126,14 @@ def setup(cfg: TrainConfig, log: Callable[[str], None]) -> Run:
         atomic_write(Path(cfg.out) / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    method_config(cfg, spec.kind)  # bad options fail before the model loads
-    base, tok = load_model(cfg.model, task=model_task(cfg, spec.kind))
+    methods.method_config(cfg.method, cfg.adapter, spec.kind)  # bad options fail before the model loads
+    base, tok = load_model(cfg.model, task=methods.model_task(spec.kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit, sample_seed=cfg.train_sample_seed)
     spec = train_task.spec  # classification: the label set is known now
-    model = build_model(cfg, base, tok, spec.kind, max(2, len(spec.labels)))
+    config = methods.method_config(cfg.method, cfg.adapter, spec.kind, max(2, len(spec.labels)))
+    model = methods.build_model(cfg.method, config, base, tok)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
