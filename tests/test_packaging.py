@@ -34,7 +34,7 @@ CORE = {"torch", "transformers", "safetensors"}
 #: what the extras install that a core install lacks (import names). pyyaml and tqdm are extras too
 #: (training uses them directly), but transformers itself requires them, so no install lacks them.
 BLOCKED = ("matplotlib", "sacrebleu", "rouge_score", "gguf", "accelerate", "fastapi", "uvicorn", "peft",
-           "datasets", "nltk")
+           "datasets", "nltk", "trl")
 PRELUDE = f"""
 import sys
 BLOCKED = {BLOCKED!r}

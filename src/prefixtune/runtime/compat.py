@@ -3,7 +3,7 @@
 ``transformers.Trainer``, TRL and ``pipeline`` read a model's ``config`` (the base model's
 ``PretrainedConfig``), ``device``, ``dtype``, ``generation_config``, ``can_generate()``,
 ``get_input_embeddings()``, ``main_input_name`` and ``num_parameters()``, and call
-``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)``. This mixin answers them from
+``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)`` and ``add_model_tags``. This mixin answers them from
 the wrapped base model; the adapter's own config is ``adapter_config``. A PEFT user's
 ``print_trainable_parameters()`` is here too.
 """
@@ -61,6 +61,12 @@ class TransformersModelMixin:
         """PEFT's one-line summary: ``trainable params: N || all params: M || trainable%: P``."""
         trainable, total = self.num_parameters(only_trainable=True), self.num_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def add_model_tags(self, tags: list[str] | str) -> None:
+        """Tags for the model card (TRL adds its own, e.g. ``sft``); kept in order, without repeats."""
+        tags = [tags] if isinstance(tags, str) else list(tags)
+        current = list(getattr(self, "model_tags", None) or [])
+        self.model_tags = current + [t for t in tags if t not in current]
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
                                       **kwargs: Any) -> None:

@@ -9,6 +9,7 @@ for every row (the bank's one-adapter case).
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,9 @@ from torch import nn
 from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
 from prefixtune.hf.boundary import Injection, describe
-from prefixtune.io.checkpoint import CheckpointError, load_parts, save_adapter
+from prefixtune.hf.trl import is_fused_head_patch, patch_base_model
+from prefixtune.io.checkpoint import CONFIG_NAME, CheckpointError, load_parts, save_adapter
+from prefixtune.io.module_state import check_meta, decode_meta, encode_meta, is_module_state_dir, read_module_state
 from prefixtune.io.peft import read_peft, write_peft
 from prefixtune.methods import MethodConfig, build_parts
 from prefixtune.methods.params import ParameterCount, count_parts
@@ -61,6 +64,14 @@ class PrefixModel(TransformersModelMixin, nn.Module):
         prefix_cfg = config.prefix_config
         if fresh and self.prefix is not None and prefix_cfg.init != "random":
             self.init_errors = initialize_from_activations(self.runtime, self.prefix, prefix_cfg, tokenizer)
+        self.register_state_dict_post_hook(_without_base)
+        self.register_load_state_dict_post_hook(_base_not_missing)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "forward" and is_fused_head_patch(value):
+            patch_base_model(self.base_model, value)  # TRL's fused LM head belongs under the adapter
+            return
+        super().__setattr__(name, value)
 
     @property
     def injection(self) -> Injection:
@@ -82,6 +93,17 @@ class PrefixModel(TransformersModelMixin, nn.Module):
     def adapter(self) -> AdapterTensors:
         """This forward's adapter tensors (the prefix MLP runs once, shared by all rows)."""
         return AdapterTensors.of(self.adapter_config, self.parts)
+
+    # ------------------------------------------------------------------ module state = the adapter
+
+    def get_extra_state(self) -> torch.Tensor:
+        """What this adapter is, stored in ``state_dict()`` next to its tensors (see
+        :mod:`prefixtune.io.module_state`); the frozen base's tensors are left out of it."""
+        return encode_meta(self.adapter_config, self.parts.is_folded)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Refuse a state of another adapter (``load_state_dict`` calls this before loading the parts)."""
+        check_meta(decode_meta(state, "state_dict"), self.adapter_config, self.parts.is_folded, "state_dict")
 
     # ------------------------------------------------------------------ forward / generate
 
@@ -161,6 +183,24 @@ class PrefixModel(TransformersModelMixin, nn.Module):
         return self.base_model
 
 
+def _without_base(module: PrefixModel, state: dict[str, Any], prefix: str, _meta: Any) -> None:
+    """``state_dict`` post-hook: drop the frozen base model's tensors (Trainer's checkpoints hold the
+    adapter only, and tied embeddings never reach safetensors twice)."""
+    for key in [k for k in state if k.startswith(prefix + "base_model.")]:
+        del state[key]
+
+
+def _base_not_missing(module: PrefixModel, keys: Any) -> None:
+    """``load_state_dict`` post-hook: the base's tensors are not missing from an adapter state (a
+    strict load of ``state_dict()`` succeeds); any prefix of an enclosing module is allowed."""
+    base = {"base_model." + k for k in module.base_model.state_dict(keep_vars=True)}
+
+    def is_base(key: str) -> bool:
+        return key in base or any(key[i + 1:] in base for i, c in enumerate(key) if c == ".")
+
+    keys.missing_keys[:] = [k for k in keys.missing_keys if not is_base(k)]
+
+
 def wrap(model: nn.Module, config: MethodConfig | None = None, tokenizer: Any = None) -> PrefixModel:
     """Freeze ``model`` and give it fresh trainable parts described by ``config``.
 
@@ -181,8 +221,22 @@ def load(model: nn.Module, path: str | os.PathLike, folded: bool = False) -> Pre
         CheckpointError: missing/corrupt files, unknown method or version.
         ShapeMismatchError: the adapter was made for a model of another shape.
     """
+    if is_module_state_dir(path) and not (Path(path) / CONFIG_NAME).is_file():
+        return _load_module_state(model, path, folded)
     config, parts = load_parts(path, describe(model)[0], folded=folded)
     return PrefixModel(model, config, parts)
+
+
+def _load_module_state(model: nn.Module, path: str | os.PathLike, folded: bool) -> PrefixModel:
+    """A directory written by ``Trainer.save_model`` (or a Trainer checkpoint): the module state."""
+    config, saved_folded, tensors = read_module_state(path)
+    parts = build_parts(config, describe(model)[0], initialize=False)
+    pm = PrefixModel(model, config, parts.folded() if saved_folded else parts)
+    try:
+        pm.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: the saved tensors do not fit {config.method} with this config ({e})") from None
+    return pm.fold() if folded else pm
 
 
 def from_peft(model: nn.Module, path: str | os.PathLike) -> PrefixModel:
