@@ -54,3 +54,25 @@ def test_same_logits_as_peft_forward(family):
     real = mask.bool()
     assert (got - ours.unwrap()(input_ids=ids, attention_mask=mask).logits)[real].abs().max() > 1e-3
     torch.testing.assert_close(got[real], want[real], atol=1e-5, rtol=1e-5)
+
+
+def test_sliding_window_models_match_peft_inside_the_window_and_keep_the_prefix_past_it():
+    """PEFT's prefix sits in the cache at positions 0..l-1, so a sliding window (Mistral, Gemma2)
+    hides it from tokens more than ``window`` positions later; prefixtune's prefix stays visible to
+    every token (docs/design.md, interop). Equal while nothing is past the window, different after."""
+    length, ids = 3, token_ids("mistral", 2, 7)
+
+    def both(window):
+        ref = peft_prefix_model("mistral", length)
+        ref.base_model.config.sliding_window = window
+        ours = pt.wrap(tiny_model("mistral"), pt.PrefixConfig(prefix_length=length, reparameterization="direct"))
+        ours.base_model.config.sliding_window = window
+        ours.prefix = to_stack(ref, ours.layout)
+        with torch.no_grad():
+            return ours(input_ids=ids).logits, ref(input_ids=ids).logits
+
+    got, want = both(window=64)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    got, want = both(window=4)  # the first real token (position 3) sees keys 0..3: all; the next loses slot 0
+    torch.testing.assert_close(got[:, 0], want[:, 0], atol=1e-5, rtol=1e-5)
+    assert (got[:, 1:] - want[:, 1:]).abs().amax(-1).min() > 1e-3

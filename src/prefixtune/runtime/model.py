@@ -19,9 +19,11 @@ from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
 from prefixtune.hf.boundary import Injection, describe
 from prefixtune.hf.trl import is_fused_head_patch, patch_base_model
+from prefixtune.io.card import model_card, write_card
 from prefixtune.io.checkpoint import CONFIG_NAME, CheckpointError, load_parts, save_adapter
+from prefixtune.io.hub import local_or_download, push_folder
 from prefixtune.io.module_state import check_meta, decode_meta, encode_meta, is_module_state_dir, read_module_state
-from prefixtune.io.peft import read_peft, write_peft
+from prefixtune.io.peft import PEFT_CONFIG, read_peft, write_peft
 from prefixtune.methods import MethodConfig, build_parts
 from prefixtune.methods.params import ParameterCount, count_parts
 from prefixtune.methods.prefix import PrefixConfig
@@ -160,9 +162,34 @@ class PrefixModel(TransformersModelMixin, nn.Module):
     def _base_name(self, given: str | None) -> str | None:
         return given or getattr(self.base_model.config, "_name_or_path", None)
 
-    def save_pretrained(self, path: str | os.PathLike, base_model_name: str | None = None) -> None:
-        """Write the adapter to ``path`` (see :mod:`prefixtune.io.checkpoint`)."""
-        save_adapter(path, self.adapter_config, self.parts, self.layout, self._base_name(base_model_name))
+    def save_pretrained(self, path: str | os.PathLike, base_model_name: str | None = None, card: bool = True) -> None:
+        """Write the adapter to ``path`` (see :mod:`prefixtune.io.checkpoint`) and, with ``card``, its
+        model card ``README.md`` (:mod:`prefixtune.io.card`; a README.md someone wrote is kept)."""
+        base = self._base_name(base_model_name)
+        save_adapter(path, self.adapter_config, self.parts, self.layout, base)
+        if card:
+            write_card(path, model_card(self.adapter_config, self.count_parameters(), base,
+                                        getattr(self, "model_tags", None), self.can_generate()))
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path_or_id: str | os.PathLike, folded: bool = False,
+                        revision: str | None = None, token: str | bool | None = None,
+                        subfolder: str | None = None) -> "PrefixModel":
+        """Wrap ``model`` with the adapter in a local directory or a hub repository (``owner/name``,
+        downloaded through the ``huggingface_hub`` cache; ``HF_HUB_OFFLINE=1`` reads that cache only).
+        Reads what :func:`load` reads: our adapters, PEFT adapters and Trainer's output directories."""
+        where = local_or_download(path_or_id, revision, token, subfolder)
+        if (where / PEFT_CONFIG).is_file() and not (where / CONFIG_NAME).is_file():
+            return from_peft(model, where)
+        return load(model, where, folded=folded)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | bool | None = None,
+                    commit_message: str = "Upload prefixtune adapter", revision: str | None = None,
+                    base_model_name: str | None = None) -> Any:
+        """Save the adapter and its card to hub repository ``repo_id`` (created if missing) in one
+        commit; returns ``huggingface_hub``'s ``CommitInfo``."""
+        return push_folder(lambda folder: self.save_pretrained(folder, base_model_name), repo_id, private, token,
+                           commit_message, revision)
 
     def load_trainable(self, path: str | os.PathLike) -> None:
         """Load the trainable state saved by :meth:`save_pretrained` into this model's own parts
@@ -211,8 +238,11 @@ def wrap(model: nn.Module, config: MethodConfig | None = None, tokenizer: Any = 
     return PrefixModel(model, config or PrefixConfig(), tokenizer=tokenizer)
 
 
-def load(model: nn.Module, path: str | os.PathLike, folded: bool = False) -> PrefixModel:
-    """Wrap ``model`` with the adapter saved at ``path``.
+def load(model: nn.Module, path: str | os.PathLike, folded: bool = False, revision: str | None = None,
+         token: str | bool | None = None) -> PrefixModel:
+    """Wrap ``model`` with the adapter saved at ``path``: a directory written by
+    :meth:`PrefixModel.save_pretrained` or by ``transformers.Trainer`` (``save_model``, checkpoints),
+    or a hub repository id ``owner/name`` holding one (``revision``, ``token`` for the download).
 
     The full trainable state is restored when present (training can resume); ``folded=True``
     loads only the static tensors for inference.
@@ -221,7 +251,8 @@ def load(model: nn.Module, path: str | os.PathLike, folded: bool = False) -> Pre
         CheckpointError: missing/corrupt files, unknown method or version.
         ShapeMismatchError: the adapter was made for a model of another shape.
     """
-    if is_module_state_dir(path) and not (Path(path) / CONFIG_NAME).is_file():
+    path = local_or_download(path, revision, token)
+    if is_module_state_dir(path) and not (path / CONFIG_NAME).is_file():
         return _load_module_state(model, path, folded)
     config, parts = load_parts(path, describe(model)[0], folded=folded)
     return PrefixModel(model, config, parts)
@@ -239,13 +270,14 @@ def _load_module_state(model: nn.Module, path: str | os.PathLike, folded: bool) 
     return pm.fold() if folded else pm
 
 
-def from_peft(model: nn.Module, path: str | os.PathLike) -> PrefixModel:
-    """Wrap ``model`` with the PEFT adapter at ``path`` (``PREFIX_TUNING``, ``PROMPT_TUNING``,
-    ``P_TUNING``; see :mod:`prefixtune.io.peft`).
+def from_peft(model: nn.Module, path: str | os.PathLike, revision: str | None = None,
+              token: str | bool | None = None) -> PrefixModel:
+    """Wrap ``model`` with the PEFT adapter at ``path`` (a directory or a hub repository id;
+    ``PREFIX_TUNING``, ``PROMPT_TUNING``, ``P_TUNING``; see :mod:`prefixtune.io.peft`).
 
     Raises:
         CheckpointError: not a PEFT adapter, unsupported type, missing tensor, corrupt file.
         ShapeMismatchError: the adapter was made for a model of another shape.
     """
-    config, parts = read_peft(path, describe(model)[0])
+    config, parts = read_peft(local_or_download(path, revision, token), describe(model)[0])
     return PrefixModel(model, config, parts)
