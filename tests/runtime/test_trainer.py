@@ -172,3 +172,41 @@ def test_trl_sft_trainer_trains_through_the_adapter(tiny_dir, tmp_path, method):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0] - 0.01, losses
+
+
+class _Classes(torch.utils.data.Dataset):
+    """Two classes told apart by the first token."""
+
+    def __init__(self, n: int):
+        ids = token_ids("bert", n, 6, seed=5)
+        ids[:, 0] = torch.tensor([7 if i % 2 else 9 for i in range(n)])
+        self.rows = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": torch.tensor(i % 2)}
+                     for i, r in enumerate(ids)]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
+@pytest.mark.parametrize("config", [pt.PTuningV2Config(prefix_length=3, num_labels=2, pooling="mean"),
+                                    pt.PromptConfig(num_virtual_tokens=3, encoder="lstm", num_labels=2)],
+                         ids=["ptuning_v2", "ptuning-lstm-head"])
+def test_trainer_trains_heads_and_compute_metrics_sees_their_logits(tmp_path, config):
+    from tiny import tiny_model
+
+    pm = pt.wrap(tiny_model("bert"), config)
+    seen = []
+
+    def accuracy(pred: T.EvalPrediction) -> dict[str, float]:
+        seen.append(pred.predictions.shape)
+        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+    trainer = T.Trainer(model=pm, args=_args(tmp_path, max_steps=15, save_strategy="no", learning_rate=5e-2),
+                        train_dataset=_Classes(16), eval_dataset=_Classes(16), compute_metrics=accuracy)
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert after["eval_loss"] < before["eval_loss"] - 0.05, (before, after)
+    assert seen[-1] == (16, 2) and "eval_accuracy" in after
