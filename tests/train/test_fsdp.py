@@ -75,3 +75,17 @@ def test_two_process_fsdp_resumes_where_it_stopped(tiny_dir, e2e_dir, tmp_path):
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["DEEPSPEED", "FSDP"])
+def test_accelerate_launched_engines_are_refused(engine):
+    """``accelerate launch --use_deepspeed/--use_fsdp`` would take over backward and the optimizer
+    step, which this loop does itself: a clear error instead of a silently unsharded run."""
+    from types import SimpleNamespace
+
+    from prefixtune.train import distributed
+
+    run = SimpleNamespace(acc=SimpleNamespace(distributed_type=engine, num_processes=2),
+                          cfg=TrainConfig(), model=None)
+    with pytest.raises(ConfigError, match="--distributed fsdp"):
+        distributed.prepare(run)

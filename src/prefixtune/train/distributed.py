@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prefixtune.core.config import ConfigError
 from prefixtune.hf.boundary import layer_modules, mark_fsdp_managed
 
 
@@ -44,7 +45,16 @@ def sharded(run: Any) -> bool:
 
 def prepare(run: Any) -> nn.Module:
     """The model as the training steps call it: ``run.model`` itself with one process or under
-    FSDP (sharded in place), else accelerate's DDP wrapper around it."""
+    FSDP (sharded in place), else accelerate's DDP wrapper around it.
+
+    Raises:
+        ConfigError: launched with accelerate's own DeepSpeed or FSDP (``accelerate launch
+            --use_deepspeed/--use_fsdp``): this loop calls ``backward`` and the optimizer itself,
+            which those engines do not allow; FSDP is ``--distributed fsdp``.
+    """
+    if run.acc.distributed_type in ("DEEPSPEED", "FSDP"):  # accelerate's DistributedType is a str enum
+        raise ConfigError("prefixtune train does not run under accelerate's DeepSpeed or FSDP engines "
+                          "(--use_deepspeed, --use_fsdp): for FSDP use --distributed fsdp; DeepSpeed: docs/training.md")
     if run.acc.num_processes == 1:
         return run.model
     if not sharded(run):
