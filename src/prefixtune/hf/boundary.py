@@ -189,7 +189,8 @@ def layer_modules(model: nn.Module) -> list[nn.Module]:
     layers = [m for m in model.modules() if type(m).__name__ in names
               and not any(sub is embeddings for sub in m.modules())]
     if not layers:
-        raise UnsupportedModelError(f"{type(model).__name__}: no layer modules (_no_split_modules = {sorted(names)})")
+        raise UnsupportedModelError(f"{type(model).__name__} names no layer classes in _no_split_modules "
+                                    f"({sorted(names)}), so its layers cannot be found for FSDP")
     return layers
 
 
