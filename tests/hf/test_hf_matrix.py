@@ -266,3 +266,20 @@ def test_attention_weights_with_a_prompt_and_no_prefix():
     attentions = pm(input_ids=ids, output_attentions=True).attentions
     assert len(attentions) == 2 and attentions[0].shape == (2, 4, 7, 7)
     torch.testing.assert_close(attentions[0].sum(-1), torch.ones(2, 4, 7))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_layer_modules_are_the_blocks_fsdp_shards(family):
+    """One per layer (per stack for seq2seq), never the module holding the input embeddings
+    (BERT names BertEmbeddings too); DistilBERT names none and is refused."""
+    from prefixtune.hf.boundary import UnsupportedModelError, layer_modules
+
+    model = tiny_model(family)
+    if family == "distilbert":
+        with pytest.raises(UnsupportedModelError, match="no layer classes"):
+            layer_modules(model)
+        return
+    layers = layer_modules(model)
+    assert len(layers) == (4 if family in SEQ2SEQ else 2) and len({type(m) for m in layers}) <= 2
+    embeddings = model.get_input_embeddings()
+    assert not any(sub is embeddings for m in layers for sub in m.modules())

@@ -1,9 +1,11 @@
 """One process of a two-process run (launched by tests/train/test_train.py with torch.distributed.run).
 
-Usage: ``ddp_worker.py CONFIG.json SCORES.json SEEN_DIR DEADLINE``. Rank 0's evaluations return the
-scripted BLEU scores in order (only rank 0 evaluates); every process counts its optimizer steps and
-writes ``SEEN_DIR/rank-<rank>.json`` with that count and what ``train`` returned. A process still
-running after DEADLINE seconds (a hang) prints its stack and exits with an error.
+Usage: ``ddp_worker.py CONFIG.json SCORES.json SEEN_DIR DEADLINE [STOP_AFTER]``. Rank 0's evaluations
+return the scripted BLEU scores in order (only rank 0 evaluates; with FSDP every process does, each
+reading the same script); every process counts its optimizer steps and writes
+``SEEN_DIR/rank-<rank>.json`` with that count and what ``train`` returned. ``STOP_AFTER`` ends the
+work after that many steps, like a kill (``train(stop_after=...)``). A process still running after
+DEADLINE seconds (a hang) prints its stack and exits with an error.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def counting_step(self, *args, **kwargs):
 
 
 torch.optim.AdamW.step = counting_step
-result = train(TrainConfig(**json.loads(config.read_text())), log=lambda m: None)
+stop_after = int(sys.argv[5]) if len(sys.argv) > 5 else None
+result = train(TrainConfig(**json.loads(config.read_text())), log=lambda m: None, stop_after=stop_after)
 rank = int(os.environ["RANK"])
 (seen / f"rank-{rank}.json").write_text(json.dumps({"optimizer_steps": len(steps), "result": result}))

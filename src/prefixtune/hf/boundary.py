@@ -175,6 +175,32 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
         return False
 
 
+def layer_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's repeated blocks (decoder or encoder layers): the modules whose class transformers
+    names in ``_no_split_modules`` (what must stay whole on one device; FSDP makes each one unit),
+    except one that holds the input embeddings (BERT's ``BertEmbeddings``): a prompt is embedded
+    outside the model's forward, so the embeddings must not sit in a unit of their own.
+
+    Raises:
+        UnsupportedModelError: the model names none, or none of them is instantiated.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    layers = [m for m in model.modules() if type(m).__name__ in names
+              and not any(sub is embeddings for sub in m.modules())]
+    if not layers:
+        raise UnsupportedModelError(f"{type(model).__name__} names no layer classes in _no_split_modules "
+                                    f"({sorted(names)}), so its layers cannot be found for FSDP")
+    return layers
+
+
+def mark_fsdp_managed(model: nn.Module) -> None:
+    """Tell transformers that ``model``'s weights are sharded with FSDP2: its ``generate`` then keeps
+    every process stepping until all are done (``synced_gpus``), as each step is a collective. The
+    flag is the one transformers' own FSDP2 integration sets (``distributed/fsdp.py``)."""
+    model._is_fsdp_managed_module = True
+
+
 def family_of(model: PreTrainedModel) -> Family:
     model_type = getattr(model.config, "model_type", None)
     if model_type not in FAMILIES:

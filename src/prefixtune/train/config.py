@@ -15,6 +15,8 @@ from prefixtune.train.methods import train_method
 from prefixtune.extras import require
 
 
+DISTRIBUTED = ("ddp", "fsdp")  # TrainConfig.distributed (prefixtune.train.distributed)
+
 
 @dataclass
 class TrainConfig:
@@ -51,6 +53,9 @@ class TrainConfig:
         max_new_tokens, num_beams, stop: decoding for generation metrics.
         seed: seeds data order, init and dropout.
         out: the run directory.
+        distributed: ``ddp`` (each process holds the whole model) or ``fsdp`` (the base sharded).
+            With ``fsdp`` the frozen base model's weights are split across the processes (adapter
+            methods only; see docs/training.md). One process ignores it.
     """
 
     model: str = "smollm2-135m"
@@ -87,6 +92,7 @@ class TrainConfig:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     seed: int = 0
     out: str = "runs/run"
+    distributed: str = "ddp"
 
     def __post_init__(self) -> None:
         train_method(self.method)  # a known method, or a ConfigError listing them
@@ -95,6 +101,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        if self.distributed == "fsdp" and train_method(self.method).baseline:
+            raise ConfigError(f"--distributed fsdp shards a frozen base model; the {self.method} baseline trains "
+                              "base-model weights: use ddp (or DeepSpeed, see docs/training.md)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

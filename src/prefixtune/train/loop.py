@@ -1,4 +1,4 @@
-"""The training recipe (Hugging Face accelerate): one process or several (DDP), resumable.
+"""The training recipe (Hugging Face accelerate): one process or several (DDP or FSDP), resumable.
 
 Every optimizer step takes one global batch of ``batch_size`` examples (a deterministic,
 length-grouped order per epoch). The batch is cut into ``grad_accum`` micro-batches and each of
@@ -10,6 +10,8 @@ the newest valid checkpoint, then each step is :func:`train_step`, an :func:`eva
 ``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes
 the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates and writes files, but
 every decision that ends the loop is the same on all processes (:mod:`prefixtune.train.agree`).
+How the processes share the model (and why with FSDP all of them evaluate) is
+:mod:`prefixtune.train.distributed`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import methods
+from prefixtune.train import distributed, methods
 from prefixtune.train.agree import any_process, from_main
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -90,7 +92,7 @@ class Run:
     data: TrainData
     log: Callable[[str], None]
     trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
-    ddp: Any = None  # the model as the steps call it: DDP-wrapped with several processes (set after resuming)
+    ddp: Any = None  # what the steps call: DDP-wrapped or FSDP-sharded with several processes (set after resuming)
     eval_task: Task | None = None  # loaded at the first evaluation
 
     @property
@@ -203,6 +205,7 @@ def train_step(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
     loss_total, tokens = _accumulate(run, batch_idx, global_count)
+    distributed.average_gradients(run)
     if run.cfg.max_grad_norm:
         torch.nn.utils.clip_grad_norm_(run.model.trainable_parameters(), run.cfg.max_grad_norm)
     lr_used = run.optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
@@ -244,10 +247,12 @@ SHARED_PROGRESS = ("best", "best_step", "bad_evals", "history")  # what evaluati
 
 
 def evaluate_step(run: Run, step: int, progress: dict[str, Any]) -> None:
-    """Evaluate after step ``step`` (rank 0), keep the best and count evaluations without
-    improvement; then every process takes rank 0's record, so all decide patience alike."""
+    """Evaluate after step ``step`` (rank 0; every process with a sharded model), keep the best and
+    count evaluations without improvement; then every process takes rank 0's record, so all decide
+    patience alike."""
+    scores = score(run, step) if distributed.evaluates_here(run) else {}
     if run.main:
-        improved = keep_best(run, progress, step, score(run, step), ties_win=False)
+        improved = keep_best(run, progress, step, scores, ties_win=False)
         progress["bad_evals"] = 0 if improved else progress["bad_evals"] + 1
     progress.update(from_main({k: progress[k] for k in SHARED_PROGRESS}, run.acc))
 
@@ -281,7 +286,8 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
     result: dict[str, Any] = {}
     if run.main:
         run.model.save_pretrained(run.out / "adapter")
-        scores = score(run, step)
+    scores = score(run, step) if distributed.evaluates_here(run) else {}
+    if run.main:
         keep_best(run, progress, step, scores, ties_win=True)
         from prefixtune.train.plots import plot_run  # matplotlib, an optional extra
 
@@ -304,7 +310,7 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
 
     run = setup(cfg, log)
     start, progress = resume_latest(run) if resume else (0, fresh_progress())
-    run.ddp = run.acc.prepare_model(run.model) if run.acc.num_processes > 1 else run.model
+    run.ddp = distributed.prepare(run)
     run.model.train()
     memory = PeakMemory(run.acc.device)
     memory.start()
