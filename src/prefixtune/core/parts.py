@@ -92,6 +92,12 @@ class Parts:
         return {_join(name, key): value.detach().float().contiguous().cpu()
                 for name, part in self.items() for key, value in state_of(part).items()}
 
+    def shapes(self, inference: bool) -> dict[str, tuple[int, ...]]:
+        """The shapes of :meth:`inference_state` (``inference``) or :meth:`trainable_state`, named
+        alike; works on parts built on the meta device (nothing is allocated)."""
+        return {_join(name, key): tuple(value.shape) for name, part in self.items()
+                for key, value in (part.inference_state() if inference else part.state_dict()).items()}
+
     def inference_state(self) -> dict[str, torch.Tensor]:
         """The folded tensors inference needs: ``<part>.<name>`` -> tensor (fp32, CPU, contiguous)."""
         return self._named(lambda part: part.inference_state())

@@ -16,7 +16,7 @@ from torch import nn
 
 from prefixtune.core.parts import Parts
 from prefixtune.hf.boundary import Injection
-from prefixtune.io.checkpoint import load_parts
+from prefixtune.io.checkpoint import base_fingerprint, load_parts
 from prefixtune.methods import MethodConfig
 from prefixtune.runtime.adapters import AdapterRuntime, AdapterTensors, Rows
 
@@ -67,7 +67,8 @@ class AdapterBank(nn.Module):
         if name in self.adapters and not replace:
             raise ValueError(f"an adapter named {name!r} is already loaded")
         if isinstance(source, (str, os.PathLike)):
-            config, parts = load_parts(source, self.runtime.layout, folded=True)
+            config, parts = load_parts(source, self.runtime.layout, folded=True,
+                                       base_fingerprint=base_fingerprint(self.runtime.base_model))
         else:
             config, parts = source.adapter_config, source.parts
         folded = self._fold(config, parts)

@@ -20,7 +20,7 @@ from prefixtune.core.parts import Parts
 from prefixtune.hf.boundary import Injection, describe
 from prefixtune.hf.trl import is_fused_head_patch, patch_base_model
 from prefixtune.io.card import model_card, write_card
-from prefixtune.io.checkpoint import CONFIG_NAME, CheckpointError, load_parts, save_adapter
+from prefixtune.io.checkpoint import CONFIG_NAME, CheckpointError, base_fingerprint, load_parts, save_adapter
 from prefixtune.io.hub import local_or_download, push_folder
 from prefixtune.io.module_state import check_meta, decode_meta, encode_meta, is_module_state_dir, read_module_state
 from prefixtune.io.peft import PEFT_CONFIG, read_peft, write_peft
@@ -166,7 +166,8 @@ class PrefixModel(TransformersModelMixin, nn.Module):
         """Write the adapter to ``path`` (see :mod:`prefixtune.io.checkpoint`) and, with ``card``, its
         model card ``README.md`` (:mod:`prefixtune.io.card`; a README.md someone wrote is kept)."""
         base = self._base_name(base_model_name)
-        save_adapter(path, self.adapter_config, self.parts, self.layout, base)
+        save_adapter(path, self.adapter_config, self.parts, self.layout, base,
+                     extra={"base_fingerprint": base_fingerprint(self.base_model)})
         if card:
             write_card(path, model_card(self.adapter_config, self.count_parameters(), base,
                                         getattr(self, "model_tags", None), self.can_generate()))
@@ -254,7 +255,7 @@ def load(model: nn.Module, path: str | os.PathLike, folded: bool = False, revisi
     path = local_or_download(path, revision, token)
     if is_module_state_dir(path) and not (path / CONFIG_NAME).is_file():
         return _load_module_state(model, path, folded)
-    config, parts = load_parts(path, describe(model)[0], folded=folded)
+    config, parts = load_parts(path, describe(model)[0], folded=folded, base_fingerprint=base_fingerprint(model))
     return PrefixModel(model, config, parts)
 
 
