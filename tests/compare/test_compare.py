@@ -73,7 +73,7 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys):
     kept = (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["compare", "--config", str(cfg_file)]) == 0
-    assert "13 of 14 runs already finished" in capsys.readouterr().out
+    assert "13 of 14 runs already finished" in capsys.readouterr().err  # logged, on stderr
     assert (lost / "result.json").is_file()
     assert (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns == kept
     # the same directory with other options is refused, naming what changed

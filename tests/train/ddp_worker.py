@@ -33,6 +33,6 @@ def counting_step(self, *args, **kwargs):
 
 
 torch.optim.AdamW.step = counting_step
-result = train(TrainConfig(**json.loads(config.read_text())), log=lambda m: None)
+result = train(TrainConfig(**json.loads(config.read_text())))
 rank = int(os.environ["RANK"])
 (seen / f"rank-{rank}.json").write_text(json.dumps({"optimizer_steps": len(steps), "result": result}))

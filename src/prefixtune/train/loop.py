@@ -6,15 +6,17 @@ those across processes; the loss is the sum over target tokens (or examples) div
 global count, so one process and several give the same gradients.
 
 :func:`train` reads top to bottom: :func:`setup` builds the run, :func:`resume_latest` restores
-the newest valid checkpoint, then each step is :func:`train_step`, an :func:`evaluate_step` every
-``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes
-the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates and writes files, but
-every decision that ends the loop is the same on all processes (:mod:`prefixtune.train.agree`).
+the newest valid checkpoint, then in :func:`run_steps` each step is :func:`train_step`, an
+:func:`evaluate_step` every ``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`;
+:func:`finish` writes the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates, writes files and logs
+(to the ``prefixtune.train.loop`` logger), but every decision that ends the loop is the same on all
+processes (:mod:`prefixtune.train.agree`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -38,7 +40,7 @@ from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
 
-
+log = logging.getLogger(__name__)
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -88,7 +90,6 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     data: TrainData
-    log: Callable[[str], None]
     trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
     ddp: Any = None  # the model as the steps call it: DDP-wrapped with several processes (set after resuming)
     eval_task: Task | None = None  # loaded at the first evaluation
@@ -113,7 +114,7 @@ class Run:
                 f.write(json.dumps(row) + "\n")
 
 
-def setup(cfg: TrainConfig, log: Callable[[str], None]) -> Run:
+def setup(cfg: TrainConfig) -> Run:
     """Accelerator, ``config.json``, seeds, model, training data, AdamW and its schedule."""
     Accelerator = require("accelerate", "train", "training").Accelerator
     acc = Accelerator(cpu=not torch.cuda.is_available())
@@ -138,11 +139,11 @@ def setup(cfg: TrainConfig, log: Callable[[str], None]) -> Run:
         model.gradient_checkpointing_enable()
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
     if acc.is_main_process:
-        log(f"{len(encoded)} training examples ({report}); {model.count_parameters()}")
+        log.info(f"{len(encoded)} training examples ({report}); {model.count_parameters()}")
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = linear_warmup_decay(cfg.steps, int(cfg.warmup_ratio * cfg.steps))
     return Run(cfg, acc, spec, tok, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-               TrainData(encoded, cfg.batch_size, cfg.seed), log,
+               TrainData(encoded, cfg.batch_size, cfg.seed),
                trim=spec.kind == "generation" and _accepts_logits_to_keep(model))
 
 
@@ -157,14 +158,14 @@ def resume_latest(run: Run) -> tuple[int, dict[str, Any]]:
     Rank 0 picks the checkpoint and every process loads that one, so all start at the same step.
     Rows that the interrupted run logged to ``metrics.jsonl`` after its checkpoint are dropped.
     """
-    found = from_main(latest_valid(run.out / "checkpoints", run.log) if run.main else None, run.acc)
+    found = from_main(latest_valid(run.out / "checkpoints") if run.main else None, run.acc)
     if found is None:
         return 0, fresh_progress()
     meta = load_state(found, run.model, run.optimizer, run.scheduler)
     start = meta["step"]
     metrics = run.out / "metrics.jsonl"
     if run.main:
-        run.log(f"resuming from {found} (step {start})")
+        log.info(f"resuming from {found} (step {start})")
         if metrics.is_file():
             kept = [line for line in metrics.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= start]
@@ -225,6 +226,7 @@ def score(run: Run, step: int) -> dict[str, float]:
                                     max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, stop=cfg.stop)
     run.model.train()
     run.write_metrics({"step": step, "split": cfg.eval_split, **scores})
+    log.info(f"step {step}: {cfg.eval_split} " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     return scores
 
 
@@ -296,22 +298,16 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
     return result
 
 
-def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
-    after that many steps of this call, like a kill (tests use it)."""
+def run_steps(run: Run, start: int, progress: dict[str, Any], stop_after: int | None) -> tuple[int, bool]:
+    """The training steps from ``start`` (a step, then maybe an evaluation, a stop, a checkpoint)
+    with a progress bar on rank 0; returns the steps done and whether ``stop_after`` cut them short."""
     tqdm = require("tqdm.auto", "train", "training").tqdm
-
-    run = setup(cfg, log)
-    start, progress = resume_latest(run) if resume else (0, fresh_progress())
-    run.ddp = run.acc.prepare_model(run.model) if run.acc.num_processes > 1 else run.model
-    run.model.train()
-    memory = PeakMemory(run.acc.device)
-    memory.start()
+    cfg = run.cfg
     current = start
     stopped = bool(progress.get("stopped"))  # a resumed run that had already stopped trains no more
+    quiet = logging.getLogger("prefixtune").level > logging.INFO  # -q: no bar either
     bar = tqdm(range(start, start if stopped else cfg.steps), desc=f"training {cfg.method} on {run.spec.name}",
-               unit="step", disable=not run.main, initial=start, total=cfg.steps)
+               unit="step", disable=quiet or not run.main, initial=start, total=cfg.steps)
     for done_here, step in enumerate(bar, 1):
         row = train_step(run, step, progress)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -325,9 +321,28 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         save_checkpoint(run, current, progress, stopping=reason is not None)
         if reason is not None:
             if run.main:
-                log(reason)
+                log.info(reason)
             break
         if stop_after is not None and done_here >= stop_after:
-            return {"stopped_at": current}
+            bar.close()
+            return current, True
     bar.close()
-    return finish(run, current, progress, memory.peak_mib())
+    return current, False
+
+
+def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
+    after that many steps of this call, like a kill (tests use it). Progress goes to the
+    ``prefixtune`` loggers (the command line sends them to stderr: :mod:`prefixtune.cli.logs`)."""
+    redirect = require("tqdm.contrib.logging", "train", "training").logging_redirect_tqdm
+
+    run = setup(cfg)
+    start, progress = resume_latest(run) if resume else (0, fresh_progress())
+    run.ddp = run.acc.prepare_model(run.model) if run.acc.num_processes > 1 else run.model
+    run.model.train()
+    memory = PeakMemory(run.acc.device)
+    memory.start()
+    # log lines above the progress bar, not through it
+    with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):
+        current, cut_short = run_steps(run, start, progress, stop_after)
+    return {"stopped_at": current} if cut_short else finish(run, current, progress, memory.peak_mib())
