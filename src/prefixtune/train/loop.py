@@ -6,9 +6,10 @@ those across processes; the loss is the sum over target tokens (or examples) div
 global count, so one process and several give the same gradients.
 
 :func:`train` reads top to bottom: :func:`setup` builds the run, :func:`resume_latest` restores
-the newest valid checkpoint, then in :func:`run_steps` each step is :func:`train_step`, an
-:func:`evaluate_step` every ``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`;
-:func:`finish` writes the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates, writes files and logs
+the newest valid checkpoint, :func:`announce` logs the run's shape, then in :func:`run_steps` each
+step is :func:`train_step`, an :func:`evaluate_step` every ``eval_every`` steps, a
+:func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes the final adapter, scores,
+plots and ``result.json``. Only rank 0 evaluates, writes files and logs
 (to the ``prefixtune.train.loop`` logger), but every decision that ends the loop is the same on all
 processes (:mod:`prefixtune.train.agree`).
 """
@@ -34,7 +35,7 @@ from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import methods
+from prefixtune.train import logs, methods
 from prefixtune.train.agree import any_process, from_main
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -139,7 +140,7 @@ def setup(cfg: TrainConfig) -> Run:
         model.gradient_checkpointing_enable()
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
     if acc.is_main_process:
-        log.info(f"{len(encoded)} training examples ({report}); {model.count_parameters()}")
+        log.info(f"{len(encoded)} training examples ({report})")
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = linear_warmup_decay(cfg.steps, int(cfg.warmup_ratio * cfg.steps))
     return Run(cfg, acc, spec, tok, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
@@ -298,6 +299,17 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
     return result
 
 
+def announce(run: Run) -> None:
+    """Log the start-up line (world size, devices, dtype, batch, method; rank 0) and, when the
+    launcher evidently started one process where several were asked for, a warning saying why."""
+    line = logs.startup_line(run.cfg, run.acc, run.model)  # every process: the devices are gathered
+    if run.main:
+        log.info(line)
+        warning = logs.launch_warning(run.acc.num_processes)
+        if warning:
+            log.warning(warning)
+
+
 def run_steps(run: Run, start: int, progress: dict[str, Any], stop_after: int | None) -> tuple[int, bool]:
     """The training steps from ``start`` (a step, then maybe an evaluation, a stop, a checkpoint)
     with a progress bar on rank 0; returns the steps done and whether ``stop_after`` cut them short."""
@@ -340,6 +352,7 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) 
     start, progress = resume_latest(run) if resume else (0, fresh_progress())
     run.ddp = run.acc.prepare_model(run.model) if run.acc.num_processes > 1 else run.model
     run.model.train()
+    announce(run)
     memory = PeakMemory(run.acc.device)
     memory.start()
     # log lines above the progress bar, not through it
