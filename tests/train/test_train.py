@@ -170,23 +170,45 @@ def first_batch_oracle(cfg: TrainConfig, initial: list[torch.Tensor]):
 def test_logged_loss_and_gradients_equal_an_independent_computation(tiny_dir, e2e_dir, tmp_path, recording,
                                                                     method, adapter):
     """Step 1's logged loss is the mean target-token cross-entropy of its batch, and the gradient the
-    optimizer sees is that loss's gradient, with and without gradient accumulation (no clipping)."""
+    optimizer sees is that loss's gradient (its norm the logged ``grad_norm``), with and without
+    gradient accumulation (no clipping)."""
     runs = {}
     for accum in (1, 2):
         cfg = config(tiny_dir, e2e_dir, tmp_path / f"accum{accum}", method=method, adapter=adapter, eval_every=0,
                      steps=2, grad_accum=accum, max_grad_norm=0.0)
         train(cfg)
         rows = [json.loads(line) for line in (tmp_path / f"accum{accum}" / "metrics.jsonl").read_text().splitlines()]
-        runs[accum] = (recording[-1], [r["train_loss"] for r in rows if "train_loss" in r])
+        runs[accum] = (recording[-1], [r["train_loss"] for r in rows if "train_loss" in r],
+                       [r["grad_norm"] for r in rows if "train_loss" in r])
     want_loss, want_grads = first_batch_oracle(cfg, runs[1][0].initial)
-    for accum, (opt, losses) in runs.items():
+    want_norm = float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in want_grads])))
+    for accum, (opt, losses, norms) in runs.items():
         assert losses[0] == pytest.approx(want_loss, rel=1e-5), accum
+        assert norms[0] == pytest.approx(want_norm, rel=1e-4), accum
         assert len(opt.grads) == 2
         for got, want in zip(opt.grads[0], want_grads, strict=True):
             assert want.abs().max() > 0
             torch.testing.assert_close(got.double(), want.double(), atol=1e-7, rtol=1e-4)
     for a, b in zip(runs[1][0].grads[1], runs[2][0].grads[1], strict=True):  # and so on, step after step
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4)
+
+
+def test_logged_grad_norm_is_the_norm_before_clipping(tiny_dir, e2e_dir, tmp_path, recording):
+    """With ``max_grad_norm`` 0 the optimizer sees the gradients unclipped and ``grad_norm`` is their
+    norm; with a small limit it sees them clipped to that norm, and ``grad_norm`` is still the norm
+    before clipping (the same first step, so the same norm)."""
+    norms = {}
+    for limit in (0.0, 1e-3):
+        cfg = config(tiny_dir, e2e_dir, tmp_path / f"clip{limit}", eval_every=0, steps=1, max_grad_norm=limit)
+        train(cfg)
+        rows = [json.loads(line) for line in (tmp_path / f"clip{limit}" / "metrics.jsonl").read_text().splitlines()]
+        seen = float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in recording[-1].grads[0]])))
+        norms[limit] = (rows[0]["grad_norm"], seen)
+    logged, seen = norms[0.0]
+    assert logged == pytest.approx(seen, rel=1e-5) and logged > 1e-2
+    clipped_logged, clipped_seen = norms[1e-3]
+    assert clipped_logged == pytest.approx(logged, rel=1e-5)
+    assert clipped_seen == pytest.approx(1e-3, rel=1e-3)
 
 
 def test_warmup_and_decay_and_the_logged_rate_is_the_rate_used(tiny_dir, e2e_dir, tmp_path, recording):
@@ -215,21 +237,42 @@ def test_schedule_is_transformers_linear_schedule_one_warmup_step_ahead(warmup):
     assert ours(0) > 0 and ours(9) > 0
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
-    """Two CPU processes (gloo) with the same global batch train the same prefix as one process."""
+    """Two CPU processes (gloo), started with the command docs/training.md gives for a CPU machine
+    (``accelerate launch --multi_gpu --num_processes 2``), with the same global batch train the same
+    prefix as one process, and log the same loss (the whole batch's, not rank 0's share), gradient
+    norm and token count at every step; the start-up line shows the two processes."""
     single = config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=0, steps=4)
     train(single)
     cfg_file = tmp_path / "ddp.json"
     ddp = config(tiny_dir, e2e_dir, tmp_path / "ddp", eval_every=0, steps=4)
     cfg_file.write_text(json.dumps(ddp.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "prefixtune.cli", "train", "--config", str(cfg_file)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", "prefixtune.cli", "train", "--config", str(cfg_file)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "INFO [rank 0] prefixtune.train.loop: world size 2 (MULTI_CPU)" in result.stderr, result.stderr[-3000:]
+    assert "[rank 1]" not in result.stderr  # the other process logs warnings only
     a, b = adapter_state(tmp_path / "single", tiny_dir), adapter_state(tmp_path / "ddp", tiny_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                   if "train_loss" in line] for name in ("single", "ddp")}
+    assert [r["step"] for r in rows["ddp"]] == [1, 2, 3, 4]
+    for one, two in zip(rows["single"], rows["ddp"], strict=True):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6), one["step"]
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), one["step"]
+    results = {name: json.loads((tmp_path / name / "result.json").read_text()) for name in ("single", "ddp")}
+    assert results["ddp"]["train_tokens"] == results["single"]["train_tokens"]
 
 
 def launch_two_processes(args: list[str], log: Path, timeout: float) -> None:
@@ -490,7 +533,8 @@ def test_metrics_rows_and_token_counts(tiny_dir, e2e_dir, tmp_path):
     result = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train_loss" in r]
-    assert all(set(r) == {"step", "train_loss", "lr", "tokens_per_s"} and r["tokens_per_s"] > 0 for r in train_rows)
+    assert all(set(r) == {"step", "train_loss", "grad_norm", "lr", "tokens_per_s"} and r["tokens_per_s"] > 0
+               for r in train_rows)
     tok = T.AutoTokenizer.from_pretrained(tiny_dir)
     encoded, _ = encode(tok, load_task(task_spec(cfg), "train", data=cfg.data).examples, cfg.max_length, "generation")
     batches = length_grouped_batches([len(e.input_ids) for e in encoded], cfg.batch_size, cfg.seed, 0)[:3]

@@ -36,7 +36,7 @@ from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
 from prefixtune.train import logs, methods
-from prefixtune.train.agree import any_process, from_main
+from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
@@ -193,26 +193,34 @@ def _accumulate(run: Run, batch_idx: list[int], global_count: int) -> tuple[floa
     return loss_total, tokens
 
 
+def clip_gradients(run: Run) -> float:
+    """Clip the trainable gradients to a total norm of ``max_grad_norm`` (0 or None: no clipping);
+    returns their total norm before clipping (accelerate's ``clip_grad_norm_``, the same on every
+    process: DDP has averaged the gradients)."""
+    limit = run.cfg.max_grad_norm or float("inf")  # inf: the norm only, the gradients times 1.0
+    return float(run.acc.clip_grad_norm_(run.model.trainable_parameters(), limit))
+
+
 def train_step(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
     """One optimizer step on step ``step``'s (0-based) global batch; logs and returns its metrics
-    row and adds its tokens and wall time (data, forward, backward, update) to ``progress``."""
+    row and adds its tokens and wall time (data, forward, backward, update) to ``progress``. The
+    row's ``train_loss`` and tokens are the whole global batch's (summed over processes), so they
+    do not depend on the number of processes; ``grad_norm`` is the norm before clipping."""
     step_start = time.perf_counter()
-    world = run.acc.num_processes
     batch_idx = run.data.batch_of(step)
     encoded = run.data.encoded
     global_count = sum(sum(1 for t in encoded[i].labels[1:] if t != -100) if run.spec.kind == "generation" else 1
                        for i in batch_idx)
     t0 = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
-    loss_total, tokens = _accumulate(run, batch_idx, global_count)
-    if run.cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(run.model.trainable_parameters(), run.cfg.max_grad_norm)
+    loss_total, tokens = sum_over_processes(_accumulate(run, batch_idx, global_count), run.acc)
+    grad_norm = clip_gradients(run)
     lr_used = run.optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
     run.optimizer.step()
     run.scheduler.step()
-    row = {"step": step + 1, "train_loss": loss_total * world / global_count,  # this process's share, scaled
-           "lr": lr_used, "tokens_per_s": tokens * world / (time.perf_counter() - t0)}
-    progress["train_tokens"] = progress.get("train_tokens", 0) + tokens * world
+    row = {"step": step + 1, "train_loss": loss_total / global_count, "grad_norm": grad_norm,
+           "lr": lr_used, "tokens_per_s": tokens / (time.perf_counter() - t0)}
+    progress["train_tokens"] = progress.get("train_tokens", 0) + int(tokens)
     run.write_metrics(row)
     progress["train_seconds"] = progress.get("train_seconds", 0.0) + time.perf_counter() - step_start
     return row
