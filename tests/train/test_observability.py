@@ -1,4 +1,5 @@
-"""What a training run reports: the start-up line, the launch warning."""
+"""What a training run reports: the start-up line, the launch warning, trackers (TensorBoard,
+offline)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import prefixtune.evaluation.evaluate as ev
+from prefixtune.core.config import ConfigError
+from prefixtune.train import trackers
 from prefixtune.train.config import TrainConfig
 from prefixtune.train.logs import devices, launch_warning
 from prefixtune.train.loop import train
@@ -82,4 +86,49 @@ def test_no_launch_warning_when_one_process_was_asked_for(environ):
 
 def test_no_launch_warning_with_several_processes():
     assert launch_warning(2, {"ACCELERATE_USE_CPU": "False", "MASTER_PORT": "29500"}) is None
+
+
+def test_tensorboard_event_files_hold_the_metrics_and_hparams(tiny_dir, e2e_dir, tmp_path, scripted_bleu):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    train(config(tiny_dir, e2e_dir, run, eval_every=2, report_to=["tensorboard"]))
+    where = run / "trackers" / "prefixtune"
+    assert list(where.glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(where))
+    events.Reload()
+    logged = rows(run)
+    training = [r for r in logged if "train_loss" in r]
+    assert {"train_loss", "grad_norm", "lr", "tokens_per_s", "dev/bleu", "dev/loss"} <= set(events.Tags()["scalars"])
+    for name in ("train_loss", "grad_norm", "lr"):
+        scalars = events.Scalars(name)
+        assert [s.step for s in scalars] == [r["step"] for r in training] == [1, 2, 3, 4]
+        assert [s.value for s in scalars] == pytest.approx([r[name] for r in training], rel=1e-6)  # float32
+    bleu = [(s.step, s.value) for s in events.Scalars("dev/bleu")]
+    assert bleu == [(r["step"], r["bleu"]) for r in logged if "split" in r] == [(2, 10.0), (4, 20.0)]
+    hparams = yaml.safe_load(next(where.glob("*/hparams.yml")).read_text())
+    assert hparams["lr"] == 0.01 and hparams["steps"] == 4 and hparams["adapter.prefix_length"] == 4
+    assert "stop" not in hparams and "report_to" not in hparams and "data" in hparams  # lists left out
+
+
+def test_hparams_are_the_config_flattened_to_scalars():
+    flat = trackers.hparams({"lr": 0.1, "adapter": {"r": 2, "inner": {"x": True}}, "stop": ["\n"], "patience": None})
+    assert flat == {"lr": 0.1, "adapter.r": 2, "adapter.inner.x": True}
+
+
+def test_a_tracker_without_its_package_is_named_before_the_run_starts(tiny_dir, e2e_dir, tmp_path, monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "_available_trackers", [])  # as if tensorboard were not installed
+    with pytest.raises(ModuleNotFoundError, match="report_to tensorboard needs the tensorboard package: "
+                                                  "pip install tensorboard"):
+        train(config(tiny_dir, e2e_dir, tmp_path / "run", report_to=["tensorboard"]))
+    assert not (tmp_path / "run").exists()  # nothing loaded or written
+    with pytest.raises(ConfigError, match="unknown tracker 'tensorbord'.*tensorboard, wandb, mlflow"):
+        trackers.tracker_names(["tensorbord"])
+
+
+def test_report_to_takes_a_comma_separated_string_and_none():
+    assert TrainConfig(report_to="tensorboard, mlflow").report_to == ["tensorboard", "mlflow"]
+    assert TrainConfig(report_to="none").report_to == [] == TrainConfig().report_to
 

@@ -51,6 +51,10 @@ class TrainConfig:
         max_new_tokens, num_beams, stop: decoding for generation metrics.
         seed: seeds data order, init and dropout.
         out: the run directory.
+        report_to: experiment trackers, through accelerate's: ``tensorboard``, ``wandb``, ``mlflow``,
+            ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio`` or ``all`` (those
+            installed); TensorBoard writes under ``<out>/trackers``. A string is split at commas.
+            Empty = none.
     """
 
     model: str = "smollm2-135m"
@@ -87,6 +91,7 @@ class TrainConfig:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     seed: int = 0
     out: str = "runs/run"
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         train_method(self.method)  # a known method, or a ConfigError listing them
@@ -95,6 +100,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+        if isinstance(self.report_to, str):  # --report-to tensorboard,wandb
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        self.report_to = [name for name in self.report_to if name != "none"]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

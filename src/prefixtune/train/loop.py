@@ -35,7 +35,7 @@ from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import logs, methods
+from prefixtune.train import logs, methods, trackers
 from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -109,16 +109,18 @@ class Run:
         return "bleu" if self.spec.kind == "generation" else "accuracy"
 
     def write_metrics(self, row: dict[str, Any]) -> None:
-        """Append one row to ``metrics.jsonl`` (rank 0 only)."""
+        """Append one row to ``metrics.jsonl`` and send it to the trackers (rank 0 only)."""
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            trackers.log_row(self.acc, row)
 
 
 def setup(cfg: TrainConfig) -> Run:
-    """Accelerator, ``config.json``, seeds, model, training data, AdamW and its schedule."""
+    """Accelerator (with the trackers of ``report_to``), ``config.json``, seeds, model, training data,
+    AdamW and its schedule."""
     Accelerator = require("accelerate", "train", "training").Accelerator
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    acc = Accelerator(cpu=not torch.cuda.is_available(), **trackers.accelerator_kwargs(cfg))
     micro = cfg.batch_size // cfg.grad_accum
     if micro % acc.num_processes:
         raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {acc.num_processes} processes")
@@ -363,7 +365,11 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) 
     announce(run)
     memory = PeakMemory(run.acc.device)
     memory.start()
-    # log lines above the progress bar, not through it
-    with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):
-        current, cut_short = run_steps(run, start, progress, stop_after)
-    return {"stopped_at": current} if cut_short else finish(run, current, progress, memory.peak_mib())
+    trackers.start(run.acc, cfg)
+    try:
+        # log lines above the progress bar, not through it
+        with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):
+            current, cut_short = run_steps(run, start, progress, stop_after)
+        return {"stopped_at": current} if cut_short else finish(run, current, progress, memory.peak_mib())
+    finally:
+        trackers.finish(run.acc)
