@@ -1,5 +1,5 @@
 """What a training run reports: the start-up line, the launch warning, trackers (TensorBoard,
-offline)."""
+offline), plots redrawn at every evaluation."""
 
 from __future__ import annotations
 
@@ -132,3 +132,19 @@ def test_report_to_takes_a_comma_separated_string_and_none():
     assert TrainConfig(report_to="tensorboard, mlflow").report_to == ["tensorboard", "mlflow"]
     assert TrainConfig(report_to="none").report_to == [] == TrainConfig().report_to
 
+
+def test_plots_are_redrawn_at_each_evaluation(tiny_dir, e2e_dir, tmp_path, scripted_bleu, monkeypatch):
+    """Evaluations at steps 2 and 4 of 6: killed after step 3, the run already has its plots (of the
+    step-2 evaluation); resumed to the end, every evaluation (2, 4 and the final one) redrew them."""
+    import prefixtune.train.plots as plots
+
+    drawn = []
+    plot_run = plots.plot_run
+    monkeypatch.setattr(plots, "plot_run", lambda *a, **k: drawn.append(1) or plot_run(*a, **k))
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=6, eval_every=2)
+    assert train(cfg, stop_after=3) == {"stopped_at": 3}
+    assert len(drawn) == 1
+    for name in ("loss.png", "bleu.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 1000
+    train(cfg)
+    assert len(drawn) == 3

@@ -241,6 +241,13 @@ def score(run: Run, step: int) -> dict[str, float]:
     return scores
 
 
+def refresh_plots(run: Run) -> None:
+    """Redraw ``loss.png`` and ``<metric>.png`` from ``metrics.jsonl`` (rank 0, after every evaluation)."""
+    from prefixtune.train.plots import plot_run  # matplotlib, an optional extra
+
+    plot_run(run.out / "metrics.jsonl", run.out, run.metric)
+
+
 def keep_best(run: Run, progress: dict[str, Any], step: int, scores: dict[str, float], ties_win: bool) -> bool:
     """Add ``scores`` to the history; if they beat the best (or equal it, with ``ties_win``), they
     become the best and the model is saved to ``best/``. Returns whether they did."""
@@ -257,11 +264,13 @@ SHARED_PROGRESS = ("best", "best_step", "bad_evals", "history")  # what evaluati
 
 
 def evaluate_step(run: Run, step: int, progress: dict[str, Any]) -> None:
-    """Evaluate after step ``step`` (rank 0), keep the best and count evaluations without
-    improvement; then every process takes rank 0's record, so all decide patience alike."""
+    """Evaluate after step ``step`` (rank 0), keep the best, count evaluations without
+    improvement and redraw the plots; then every process takes rank 0's record, so all decide
+    patience alike."""
     if run.main:
         improved = keep_best(run, progress, step, score(run, step), ties_win=False)
         progress["bad_evals"] = 0 if improved else progress["bad_evals"] + 1
+        refresh_plots(run)
     progress.update(from_main({k: progress[k] for k in SHARED_PROGRESS}, run.acc))
 
 
@@ -296,9 +305,7 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
         run.model.save_pretrained(run.out / "adapter")
         scores = score(run, step)
         keep_best(run, progress, step, scores, ties_win=True)
-        from prefixtune.train.plots import plot_run  # matplotlib, an optional extra
-
-        plot_run(run.out / "metrics.jsonl", run.out, run.metric)
+        refresh_plots(run)
         count = run.model.count_parameters()
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
                   "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
