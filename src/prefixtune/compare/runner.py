@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from prefixtune.compare.config import CompareConfig, RunSpec
 from prefixtune.extras import require
+from prefixtune.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,9 @@ def is_finished(spec: RunSpec) -> bool:
 def _check_same_config(spec: RunSpec) -> None:
     saved = run_dir(spec) / "config.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
         now = spec.config.to_dict()
+        # an option the saved run predates ran at what is now its default
+        before = {**TrainConfig().to_dict(), **json.loads(saved.read_text())}
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if changed:
             raise CompareError(f"{run_dir(spec)} holds a run with different options ({', '.join(changed)}); "
