@@ -51,10 +51,10 @@ class TrainConfig:
         max_new_tokens, num_beams, stop: decoding for generation metrics.
         seed: seeds data order, init and dropout.
         out: the run directory.
-        report_to: experiment trackers, through accelerate's: ``tensorboard``, ``wandb``, ``mlflow``,
-            ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``, ``trackio`` or ``all`` (those
-            installed); TensorBoard writes under ``<out>/trackers``. A string is split at commas.
-            Empty = none.
+        report_to: experiment trackers for the metrics (tensorboard, wandb, mlflow, ..., all; default none).
+            accelerate's trackers: also ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``,
+            ``trackio``; ``all`` = those installed. TensorBoard writes under ``<out>/trackers``. A
+            string is split at commas.
     """
 
     model: str = "smollm2-135m"
