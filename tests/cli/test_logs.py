@@ -39,8 +39,9 @@ def test_configuring_again_does_not_duplicate_lines(capsys):
 
 
 @pytest.mark.parametrize("argv, level", [
-    (["train"], None), (["-q", "train"], "warning"), (["train", "-q"], "warning"), (["-v", "eval", "--run", "x"], "debug"),
-    (["--log-level", "error", "compare", "--config", "c"], "error"), (["train", "--log-level", "debug"], "debug"),
+    (["train"], None), (["-q", "train"], "warning"), (["train", "-q"], "warning"),
+    (["-v", "eval", "--run", "x"], "debug"), (["--log-level", "error", "compare", "--config", "c"], "error"),
+    (["train", "--log-level", "debug"], "debug"),
 ])
 def test_log_level_flags_before_or_after_the_subcommand(argv, level):
     assert getattr(_parser().parse_args(argv), "log_level", None) == level

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def config(tiny_dir, e2e_dir, out, **kw) -> TrainConfig:
     base = dict(model=str(tiny_dir), task="e2e", data=str(e2e_dir), steps=4, batch_size=4, lr=1e-2, eval_every=0,
-                save_every=2, eval_limit=2, max_new_tokens=2, out=str(out), adapter={"prefix_length": 4, "hidden_size": 16})
+                save_every=2, eval_limit=2, max_new_tokens=2, out=str(out),
+                adapter={"prefix_length": 4, "hidden_size": 16})
     return TrainConfig(**{**base, **kw})
 
 
@@ -63,8 +64,10 @@ def test_accelerate_launch_without_multi_gpu_runs_one_process_and_is_warned_abou
     """On this CPU machine ``accelerate launch --num_processes 2`` starts one process (the reason
     docs/training.md says ``--multi_gpu``); the environment it leaves is what the warning reads."""
     script = tmp_path / "probe.py"
-    script.write_text("import json\nfrom accelerate import PartialState\nfrom prefixtune.train.logs import launch_warning\n"
-                      "n = PartialState(cpu=True).num_processes\nprint(json.dumps({'n': n, 'warning': launch_warning(n)}))\n")
+    script.write_text("import json\nfrom accelerate import PartialState\n"
+                      "from prefixtune.train.logs import launch_warning\n"
+                      "n = PartialState(cpu=True).num_processes\n"
+                      "print(json.dumps({'n': n, 'warning': launch_warning(n)}))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "MASTER_PORT", "MASTER_ADDR")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]))
     r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", str(script)],
