@@ -57,21 +57,28 @@ def _examples(tok: Any, n: int) -> list[Any]:
 
 
 def worker_prefixtune(spec: dict[str, Any]) -> dict[str, Any]:
+    import logging
+
     from prefixtune.train.config import TrainConfig
     from prefixtune.train.loop import train
 
     start: dict[str, Any] = {}
 
-    def hook(msg: str) -> None:  # the loop logs once after loading model and data, before step 1
-        if not start:
-            start.update(rss_kib=status_kib("VmRSS"), reset=reset_peak_rss())
+    class Hook(logging.Handler):  # the loop logs (info) after loading model and data, before step 1
+        def emit(self, record: logging.LogRecord) -> None:
+            if not start:
+                start.update(rss_kib=status_kib("VmRSS"), reset=reset_peak_rss())
+
+    logger = logging.getLogger("prefixtune.train.loop")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(Hook())
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(model=spec["model"], task="e2e", method="prefix", adapter=dict(PREFIX), steps=spec["steps"],
                           batch_size=spec["batch"], lr=LR, warmup_ratio=WARMUP, max_grad_norm=1.0,
                           max_length=MAX_LENGTH, train_limit=spec["examples"], eval_every=0, eval_limit=1,
                           save_every=spec["steps"], seed=spec["seed"], out=tmp)
-        result = train(cfg, resume=False, log=hook)
+        result = train(cfg, resume=False)
     peak = maxrss_kib()  # before anything else is loaded in this process
     from transformers import AutoTokenizer
 

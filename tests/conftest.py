@@ -1,4 +1,5 @@
 import csv
+import logging
 import os
 import sys
 
@@ -17,6 +18,17 @@ torch.set_num_threads(int(os.environ.get("PREFIXTUNE_TEST_THREADS", min(2, os.cp
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _prefixtune_logging():
+    """Undo what a command run in-process (``prefixtune.cli.main.main``) did to the ``prefixtune``
+    logger (its own handler, no propagation), so that ``caplog`` sees the next tests' records."""
+    yield
+    logger = logging.getLogger("prefixtune")
+    logger.handlers.clear()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
 
 
 # ---------------------------------------------------------------- small runs on disk (training, CLI, compare)

@@ -26,8 +26,11 @@ def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):
     cfg.write_text(f"model: {tiny_dir}\ntask: e2e\ndata: {e2e_dir}\nsteps: 4\nbatch_size: 4\n"
                    "adapter:\n  prefix_length: 3\n  hidden_size: 16\n")
     r = cli("train", "--config", cfg, "--eval-every", 0, "--eval-limit", 3, "--max-new-tokens", 5,
-            "--set", "reparameterization=direct", "--out", run, "--test-split", "dev", "--test-limit", 2)
+            "--set", "reparameterization=direct", "--out", run, "--test-split", "dev", "--test-limit", 2,
+            "--report-to", "tensorboard")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert " INFO prefixtune.train.loop: world size 1 (NO), devices cpu" in r.stderr  # progress: logged on stderr
+    assert list((run / "trackers" / "prefixtune").glob("events.out.tfevents.*"))
     assert "e2e dev:" in r.stdout and "bleu" in r.stdout
     assert "e2e dev (2 inputs, best adapter): bleu" in r.stdout  # scored after training, with predictions
     assert json.loads((run / "scores-dev.json").read_text())["inputs"] == 2

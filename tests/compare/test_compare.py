@@ -73,7 +73,7 @@ def test_compare_runs_reports_and_resumes(tiny_dir, e2e_dir, tmp_path, capsys):
     kept = (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["compare", "--config", str(cfg_file)]) == 0
-    assert "13 of 14 runs already finished" in capsys.readouterr().out
+    assert "13 of 14 runs already finished" in capsys.readouterr().err  # logged, on stderr
     assert (lost / "result.json").is_file()
     assert (out / "methods" / "lora" / "seed0" / "result.json").stat().st_mtime_ns == kept
     # the same directory with other options is refused, naming what changed
@@ -151,3 +151,18 @@ def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_d
     table_line = next(line for line in report.splitlines() if line.startswith("| ptuning_v2 |"))
     assert f"{data['methods']['ptuning_v2']['mean']:.2f}" in table_line
     assert data["methods"]["ptuning"]["stored"] < data["methods"]["ptuning"]["trainable"]  # the encoder is folded
+
+
+def test_a_run_saved_before_an_option_existed_is_the_same_run(tmp_path):
+    """A run directory whose config.json predates a TrainConfig field (here ``report_to``) ran with
+    what is now that field's default: the comparison resumes it instead of refusing it."""
+    from prefixtune.compare.runner import CompareError, _check_same_config, run_dir
+
+    spec = CompareConfig(**comparison("m", "d", tmp_path)).runs()[0]
+    run_dir(spec).mkdir(parents=True)
+    older = {k: v for k, v in spec.config.to_dict().items() if k != "report_to"}
+    (run_dir(spec) / "config.json").write_text(json.dumps(older))
+    _check_same_config(spec)
+    (run_dir(spec) / "config.json").write_text(json.dumps({**older, "report_to": ["tensorboard"]}))
+    with pytest.raises(CompareError, match="report_to"):
+        _check_same_config(spec)

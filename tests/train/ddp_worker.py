@@ -36,6 +36,6 @@ def counting_step(self, *args, **kwargs):
 
 torch.optim.AdamW.step = counting_step
 stop_after = int(sys.argv[5]) if len(sys.argv) > 5 else None
-result = train(TrainConfig(**json.loads(config.read_text())), log=lambda m: None, stop_after=stop_after)
+result = train(TrainConfig(**json.loads(config.read_text())), stop_after=stop_after)
 rank = int(os.environ["RANK"])
 (seen / f"rank-{rank}.json").write_text(json.dumps({"optimizer_steps": len(steps), "result": result}))

@@ -29,7 +29,7 @@ def test_two_process_fsdp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
     """The CLI under torch.distributed.run, evaluating (real decoding) after step 2 and at the end:
     every process takes part in each sharded evaluation, rank 0 alone writes; the adapter is the
     one-process adapter."""
-    train(config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=2, steps=4), log=lambda m: None)
+    train(config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=2, steps=4))
     fsdp = config(tiny_dir, e2e_dir, tmp_path / "fsdp", eval_every=2, steps=4, distributed="fsdp")
     (tmp_path / "fsdp.json").write_text(json.dumps(fsdp.to_dict()))
     launch_two_processes(["-m", "prefixtune.cli", "train", "--config", str(tmp_path / "fsdp.json")],
@@ -51,8 +51,7 @@ def test_two_process_fsdp_resumes_where_it_stopped(tiny_dir, e2e_dir, tmp_path):
     two FSDP processes stopped after step 3 resume from the step-2 checkpoint and end with the
     adapter of one uninterrupted process."""
     adapter = {"num_virtual_tokens": 4, "encoder": "mlp", "encoder_hidden_size": 16}
-    train(config(tiny_dir, e2e_dir, tmp_path / "single", method="prompt", adapter=adapter, eval_every=0, steps=4),
-          log=lambda m: None)
+    train(config(tiny_dir, e2e_dir, tmp_path / "single", method="prompt", adapter=adapter, eval_every=0, steps=4))
     cfg = config(tiny_dir, e2e_dir, tmp_path / "fsdp", method="prompt", adapter=adapter, eval_every=0, steps=4,
                  distributed="fsdp")
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))

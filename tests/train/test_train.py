@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -31,6 +32,13 @@ def config(tiny_dir, e2e_dir, out, **kw):
     return TrainConfig(**base)
 
 
+@pytest.fixture
+def logged(caplog):
+    """A function returning what the ``prefixtune`` loggers have logged so far (info and up)."""
+    caplog.set_level(logging.INFO, logger="prefixtune")
+    return lambda: [r.getMessage() for r in caplog.records if r.name.startswith("prefixtune")]
+
+
 def adapter_state(run: Path, tiny_dir, which: str = "adapter") -> dict:
     """The trained tensors of ``run/which`` (``adapter`` or ``best``)."""
     layout, _ = describe(T.AutoModelForCausalLM.from_pretrained(tiny_dir))
@@ -40,7 +48,7 @@ def adapter_state(run: Path, tiny_dir, which: str = "adapter") -> dict:
 
 
 def test_training_run_writes_everything(tiny_dir, e2e_dir, tmp_path):
-    result = train(config(tiny_dir, e2e_dir, tmp_path / "run"), log=lambda m: None)
+    result = train(config(tiny_dir, e2e_dir, tmp_path / "run"))
     run = tmp_path / "run"
     for name in ("config.json", "metrics.jsonl", "loss.png", "bleu.png", "result.json", "adapter", "best"):
         assert (run / name).exists(), name
@@ -75,21 +83,20 @@ def test_training_run_writes_everything(tiny_dir, e2e_dir, tmp_path):
     assert result["parameters"]["stored"] == fresh.count_parameters().stored
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp_path):
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_dir, e2e_dir, tmp_path, logged):
     # prefix dropout: the resumed steps only match if the RNG state is restored too
     adapter = {"prefix_length": 4, "hidden_size": 16, "dropout": 0.2}
     whole = config(tiny_dir, e2e_dir, tmp_path / "whole", eval_every=0, adapter=adapter)
-    train(whole, log=lambda m: None)
+    train(whole)
     parts = config(tiny_dir, e2e_dir, tmp_path / "parts", eval_every=0, adapter=adapter)
-    assert train(parts, log=lambda m: None, stop_after=3) == {"stopped_at": 3}  # killed after step 3
+    assert train(parts, stop_after=3) == {"stopped_at": 3}  # killed after step 3
     # the newest checkpoint (step 2) is used; break a later, half-written one to check it is skipped
     broken = tmp_path / "parts" / "checkpoints" / "step-000005"
     (broken / "adapter").mkdir(parents=True)
     (broken / "state.json").write_text("{")
-    logs = []
-    train(parts, log=logs.append)
-    assert any("skipping checkpoint step-000005" in m for m in logs)
-    assert any("resuming from" in m and "step 2" in m for m in logs)
+    train(parts)
+    assert any("skipping checkpoint step-000005" in m for m in logged())
+    assert any("resuming from" in m and "step 2" in m for m in logged())
     steps = [json.loads(line)["step"] for line in (tmp_path / "parts" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 6]  # six training steps, then the final evaluation
     a, b = adapter_state(tmp_path / "whole", tiny_dir), adapter_state(tmp_path / "parts", tiny_dir)
@@ -163,17 +170,21 @@ def first_batch_oracle(cfg: TrainConfig, initial: list[torch.Tensor]):
 def test_logged_loss_and_gradients_equal_an_independent_computation(tiny_dir, e2e_dir, tmp_path, recording,
                                                                     method, adapter):
     """Step 1's logged loss is the mean target-token cross-entropy of its batch, and the gradient the
-    optimizer sees is that loss's gradient, with and without gradient accumulation (no clipping)."""
+    optimizer sees is that loss's gradient (its norm the logged ``grad_norm``), with and without
+    gradient accumulation (no clipping)."""
     runs = {}
     for accum in (1, 2):
         cfg = config(tiny_dir, e2e_dir, tmp_path / f"accum{accum}", method=method, adapter=adapter, eval_every=0,
                      steps=2, grad_accum=accum, max_grad_norm=0.0)
-        train(cfg, log=lambda m: None)
+        train(cfg)
         rows = [json.loads(line) for line in (tmp_path / f"accum{accum}" / "metrics.jsonl").read_text().splitlines()]
-        runs[accum] = (recording[-1], [r["train_loss"] for r in rows if "train_loss" in r])
+        runs[accum] = (recording[-1], [r["train_loss"] for r in rows if "train_loss" in r],
+                       [r["grad_norm"] for r in rows if "train_loss" in r])
     want_loss, want_grads = first_batch_oracle(cfg, runs[1][0].initial)
-    for accum, (opt, losses) in runs.items():
+    want_norm = float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in want_grads])))
+    for accum, (opt, losses, norms) in runs.items():
         assert losses[0] == pytest.approx(want_loss, rel=1e-5), accum
+        assert norms[0] == pytest.approx(want_norm, rel=1e-4), accum
         assert len(opt.grads) == 2
         for got, want in zip(opt.grads[0], want_grads, strict=True):
             assert want.abs().max() > 0
@@ -182,12 +193,30 @@ def test_logged_loss_and_gradients_equal_an_independent_computation(tiny_dir, e2
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-4)
 
 
+def test_logged_grad_norm_is_the_norm_before_clipping(tiny_dir, e2e_dir, tmp_path, recording):
+    """With ``max_grad_norm`` 0 the optimizer sees the gradients unclipped and ``grad_norm`` is their
+    norm; with a small limit it sees them clipped to that norm, and ``grad_norm`` is still the norm
+    before clipping (the same first step, so the same norm)."""
+    norms = {}
+    for limit in (0.0, 1e-3):
+        cfg = config(tiny_dir, e2e_dir, tmp_path / f"clip{limit}", eval_every=0, steps=1, max_grad_norm=limit)
+        train(cfg)
+        rows = [json.loads(line) for line in (tmp_path / f"clip{limit}" / "metrics.jsonl").read_text().splitlines()]
+        seen = float(torch.linalg.vector_norm(torch.stack([g.double().norm() for g in recording[-1].grads[0]])))
+        norms[limit] = (rows[0]["grad_norm"], seen)
+    logged, seen = norms[0.0]
+    assert logged == pytest.approx(seen, rel=1e-5) and logged > 1e-2
+    clipped_logged, clipped_seen = norms[1e-3]
+    assert clipped_logged == pytest.approx(logged, rel=1e-5)
+    assert clipped_seen == pytest.approx(1e-3, rel=1e-3)
+
+
 def test_warmup_and_decay_and_the_logged_rate_is_the_rate_used(tiny_dir, e2e_dir, tmp_path, recording):
     """Linear warmup over ``round(0.3 * 10) = 3`` steps, then linear decay; step ``k`` (0-based) runs at
     ``lr * min((k + 1) / 3, (10 - k) / 7)``: never 0, the peak at step 3; ``lr`` in metrics.jsonl is that rate."""
     cfg = config(tiny_dir, e2e_dir, tmp_path / "run", eval_every=0, steps=10, warmup_ratio=0.3, lr=1e-2,
                  save_every=100)
-    train(cfg, log=lambda m: None)
+    train(cfg)
     want = [1e-2 * min((k + 1) / 3, (10 - k) / 7) for k in range(10)]
     assert recording[-1].lrs == pytest.approx(want, rel=1e-12)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -208,21 +237,42 @@ def test_schedule_is_transformers_linear_schedule_one_warmup_step_ahead(warmup):
     assert ours(0) > 0 and ours(9) > 0
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_process_ddp_equals_one_process(tiny_dir, e2e_dir, tmp_path):
-    """Two CPU processes (gloo) with the same global batch train the same prefix as one process."""
+    """Two CPU processes (gloo), started with the command docs/training.md gives for a CPU machine
+    (``accelerate launch --multi_gpu --num_processes 2``), with the same global batch train the same
+    prefix as one process, and log the same loss (the whole batch's, not rank 0's share), gradient
+    norm and token count at every step; the start-up line shows the two processes."""
     single = config(tiny_dir, e2e_dir, tmp_path / "single", eval_every=0, steps=4)
-    train(single, log=lambda m: None)
+    train(single)
     cfg_file = tmp_path / "ddp.json"
     ddp = config(tiny_dir, e2e_dir, tmp_path / "ddp", eval_every=0, steps=4)
     cfg_file.write_text(json.dumps(ddp.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "-m", "prefixtune.cli", "train", "--config", str(cfg_file)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", str(free_port()), "-m", "prefixtune.cli", "train", "--config", str(cfg_file)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "INFO [rank 0] prefixtune.train.loop: world size 2 (MULTI_CPU)" in result.stderr, result.stderr[-3000:]
+    assert "[rank 1]" not in result.stderr  # the other process logs warnings only
     a, b = adapter_state(tmp_path / "single", tiny_dir), adapter_state(tmp_path / "ddp", tiny_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    rows = {name: [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+                   if "train_loss" in line] for name in ("single", "ddp")}
+    assert [r["step"] for r in rows["ddp"]] == [1, 2, 3, 4]
+    for one, two in zip(rows["single"], rows["ddp"], strict=True):
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-6), one["step"]
+        assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4), one["step"]
+    results = {name: json.loads((tmp_path / name / "result.json").read_text()) for name in ("single", "ddp")}
+    assert results["ddp"]["train_tokens"] == results["single"]["train_tokens"]
 
 
 def launch_two_processes(args: list[str], log: Path, timeout: float) -> None:
@@ -290,7 +340,7 @@ def baseline_state(run: Path, tiny_dir) -> dict:
 def test_baselines_train_and_resume_exactly(tiny_dir, e2e_dir, tmp_path, method, adapter):
     whole = config(tiny_dir, e2e_dir, tmp_path / "whole", method=method, adapter=adapter, eval_every=0, steps=4,
                    lr=1e-3)
-    result = train(whole, log=lambda m: None)
+    result = train(whole)
     params = result["parameters"]
     if method == "full":
         assert params["trainable"] == params["base"]
@@ -298,22 +348,21 @@ def test_baselines_train_and_resume_exactly(tiny_dir, e2e_dir, tmp_path, method,
         assert 0 < params["trainable"] < params["base"] / 10
     parts = config(tiny_dir, e2e_dir, tmp_path / "parts", method=method, adapter=adapter, eval_every=0, steps=4,
                    lr=1e-3)
-    train(parts, log=lambda m: None, stop_after=3)  # killed after step 3: resumes from the step-2 checkpoint
-    train(parts, log=lambda m: None)
+    train(parts, stop_after=3)  # killed after step 3: resumes from the step-2 checkpoint
+    train(parts)
     a, b = baseline_state(tmp_path / "whole", tiny_dir), baseline_state(tmp_path / "parts", tiny_dir)
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
-def test_time_budget_stops_the_run_and_a_rerun_does_not_train_more(tiny_dir, e2e_dir, tmp_path):
+def test_time_budget_stops_the_run_and_a_rerun_does_not_train_more(tiny_dir, e2e_dir, tmp_path, logged):
     cfg = config(tiny_dir, e2e_dir, tmp_path / "run", eval_every=0, steps=50, max_seconds=0.0)
-    logs: list[str] = []
-    result = train(cfg, log=logs.append)
-    assert result["steps_done"] == 1 and any("time budget" in m for m in logs)
+    result = train(cfg)
+    assert result["steps_done"] == 1 and any("time budget" in m for m in logged())
     assert result["train_seconds"] > 0 and result["train_tokens"] > 0
     before = adapter_state(tmp_path / "run", tiny_dir)
-    again = train(cfg, log=lambda m: None)
+    again = train(cfg)
     assert again["steps_done"] == 1
     after = adapter_state(tmp_path / "run", tiny_dir)
     for k in before:
@@ -327,7 +376,7 @@ def test_classification_methods_learn_an_easy_task(tiny_bert_dir, sentiment_dir,
     cfg = TrainConfig(model=str(tiny_bert_dir), task="sst2", data=str(sentiment_dir), method=method, adapter=adapter,
                       steps=40, batch_size=16, lr=3e-2 if method != "full" else 3e-3, eval_every=0, eval_limit=None,
                       out=str(tmp_path / "run"), max_length=16)
-    result = train(cfg, log=lambda m: None)
+    result = train(cfg)
     assert result["scores"]["accuracy"] == 100.0, result["scores"]
 
 
@@ -402,7 +451,8 @@ def still_bert_dir(tmp_path_factory):
                           attention_probs_dropout_prob=0.0)
 
 
-def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir, topics_dir, tmp_path, recording):
+def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir, topics_dir, tmp_path, recording,
+                                                                  logged):
     """A 3-class task gets a 3-way head; with ``train_limit`` only that many examples are encoded; step 1's
     logged loss is the mean cross-entropy of its batch, computed here from the recorded initial parameters."""
     import prefixtune as pt
@@ -415,9 +465,8 @@ def test_classification_loss_oracle_three_labels_and_train_limit(still_bert_dir,
                       method="ptuning_v2", adapter={"prefix_length": 2, "pooling": "mean", "head_dropout": 0.0, "dropout": 0.0},
                       steps=2, batch_size=8, lr=1e-2, eval_every=0, eval_limit=None, out=str(tmp_path / "run"),
                       max_length=16, train_limit=20, max_grad_norm=0.0)
-    logs = []
-    train(cfg, log=logs.append)
-    assert any(m.startswith("20 training examples") for m in logs), logs
+    train(cfg)
+    assert any(m.startswith("20 training examples") for m in logged()), logged()
     opt = recording[-1]
     tok = T.AutoTokenizer.from_pretrained(tiny_bert_dir)
     task = load_task(task_spec(cfg), "train", data=cfg.data, limit=20)
@@ -452,7 +501,7 @@ def test_batch_loss_of_a_batch_without_targets_is_zero(tiny_dir):
         assert float(loss.detach()) == 0.0 and n == 0
 
 
-def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tmp_path, monkeypatch):
+def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tmp_path, monkeypatch, logged):
     """Evaluation scores scripted 50, 60, 55, 58 at steps 2, 4, 6, 8: the best stays step 4's, two
     evaluations without improvement stop the run at step 8 (patience 2), and the final evaluation (59)
     does not replace the best."""
@@ -461,10 +510,9 @@ def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tm
     scripted = iter([50.0, 60.0, 55.0, 58.0, 59.0, 57.0])  # the last for the rerun's re-scoring
     monkeypatch.setattr(ev, "evaluate", lambda *a, **k: ({"loss": 1.0, "bleu": next(scripted)}, []))
     cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=12, eval_every=2, save_every=2, patience=2)
-    logs = []
-    result = train(cfg, log=logs.append)
+    result = train(cfg)
     assert result["steps_done"] == 8 and result["best"] == 60.0 and result["best_step"] == 4
-    assert any("early stopping at step 8" in m for m in logs)
+    assert any("early stopping at step 8" in m for m in logged())
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train_loss" in r] == list(range(1, 9))
     assert [(r["step"], r["bleu"]) for r in rows if "split" in r] == [(2, 50.0), (4, 60.0), (6, 55.0), (8, 58.0),
@@ -472,7 +520,7 @@ def test_best_adapter_and_early_stopping_follow_the_scores(tiny_dir, e2e_dir, tm
     best, final = adapter_state(tmp_path / "run", tiny_dir, "best"), adapter_state(tmp_path / "run", tiny_dir)
     assert any(not torch.equal(best[k], final[k]) for k in best), "best/ is step 4's adapter, adapter/ step 8's"
     # a rerun of a stopped run trains no more
-    again = train(cfg, log=lambda m: None)
+    again = train(cfg)
     assert again["steps_done"] == 8 and again["best"] == 60.0 and again["best_step"] == 4
 
 
@@ -482,10 +530,11 @@ def test_metrics_rows_and_token_counts(tiny_dir, e2e_dir, tmp_path):
     from prefixtune.train.loop import task_spec
 
     cfg = config(tiny_dir, e2e_dir, tmp_path / "run", eval_every=0, steps=3)
-    result = train(cfg, log=lambda m: None)
+    result = train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "train_loss" in r]
-    assert all(set(r) == {"step", "train_loss", "lr", "tokens_per_s"} and r["tokens_per_s"] > 0 for r in train_rows)
+    assert all(set(r) == {"step", "train_loss", "grad_norm", "lr", "tokens_per_s"} and r["tokens_per_s"] > 0
+               for r in train_rows)
     tok = T.AutoTokenizer.from_pretrained(tiny_dir)
     encoded, _ = encode(tok, load_task(task_spec(cfg), "train", data=cfg.data).examples, cfg.max_length, "generation")
     batches = length_grouped_batches([len(e.input_ids) for e in encoded], cfg.batch_size, cfg.seed, 0)[:3]
@@ -498,7 +547,7 @@ def test_training_a_prompt_initialized_from_text(tiny_dir, e2e_dir, tmp_path):
     the embeddings of that text)."""
     cfg = config(tiny_dir, e2e_dir, tmp_path / "run", method="prompt", eval_every=0, steps=1, lr=0.0,
                  adapter={"num_virtual_tokens": 2, "init": "text", "init_text": "table to text"})
-    train(cfg, log=lambda m: None)
+    train(cfg)
     tok = T.AutoTokenizer.from_pretrained(tiny_dir)
     ids = tok("table to text", add_special_tokens=False)["input_ids"][:2]
     embeddings = T.AutoModelForCausalLM.from_pretrained(tiny_dir).get_input_embeddings().weight[ids]

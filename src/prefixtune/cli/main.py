@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from prefixtune.cli.logs import LEVELS, configure_logging
 from prefixtune.methods import REGISTRY
 
 
@@ -13,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``prefixtune`` with ``argv`` (default: the command line's); returns the exit status, 2 after a
     bad value or a missing file (printed as ``prefixtune: error: ...``)."""
     args = _parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", "info"))
     try:
         return _run(args, argv)
     except (ValueError, FileNotFoundError) as e:
@@ -30,7 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     _add_generate_parser(sub)
     _add_compare_parser(sub)
+    for command_parser in (parser, *sub.choices.values()):  # before or after the subcommand
+        _add_logging_options(command_parser)
     return parser
+
+
+def _add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-level``, ``-v`` (debug) and ``-q`` (warning); the default is info (see :mod:`prefixtune.cli.logs`)."""
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--log-level", choices=LEVELS, default=argparse.SUPPRESS,
+                        help="progress messages on stderr from this level up (default: info; "
+                             "the processes other than the main one log warnings and errors only)")
+    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
+                        default=argparse.SUPPRESS, help="the same as --log-level debug")
+    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="warning",
+                        default=argparse.SUPPRESS, help="the same as --log-level warning (no progress bar either)")
 
 
 def _params_fields() -> list[dataclasses.Field]:

@@ -3,12 +3,14 @@
 Each run is ``prefixtune train --config <run>/request.json`` in a fresh Python process, so its
 peak memory is its own and one failing run does not stop the others. A run is finished when its
 ``result.json`` (and, with a test split, ``scores-<split>.json``) exist; running the comparison
-again skips finished runs and resumes an interrupted one from its last checkpoint.
+again skips finished runs and resumes an interrupted one from its last checkpoint. Progress goes to
+the ``prefixtune.compare.runner`` logger; each run logs to its train.log at info (debug with ``-v``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +20,9 @@ from typing import Any, Callable
 
 from prefixtune.compare.config import CompareConfig, RunSpec
 from prefixtune.extras import require
+from prefixtune.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 class CompareError(ValueError):
@@ -38,8 +43,9 @@ def is_finished(spec: RunSpec) -> bool:
 def _check_same_config(spec: RunSpec) -> None:
     saved = run_dir(spec) / "config.json"
     if saved.is_file():
-        before = json.loads(saved.read_text())
         now = spec.config.to_dict()
+        # an option the saved run predates ran at what is now its default
+        before = {**TrainConfig().to_dict(), **json.loads(saved.read_text())}
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if changed:
             raise CompareError(f"{run_dir(spec)} holds a run with different options ({', '.join(changed)}); "
@@ -68,11 +74,13 @@ def run_one(spec: RunSpec, on_progress: Callable[[str], None] = lambda s: None, 
     request = d / "request.json"
     request.write_text(json.dumps(spec.config.to_dict(), indent=2))
     env = {**os.environ, "TQDM_MININTERVAL": "30"}  # the log gets a progress line every 30 s, not every step
-    cmd = [sys.executable, "-m", "prefixtune.cli", "train", "--config", str(request)]
-    with open(d / "train.log", "a") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    # train.log is read afterwards: at least info in it, debug when the comparison itself logs debug
+    level = "debug" if logging.getLogger("prefixtune").isEnabledFor(logging.DEBUG) else "info"
+    cmd = [sys.executable, "-m", "prefixtune.cli", "--log-level", level, "train", "--config", str(request)]
+    with open(d / "train.log", "a") as train_log:
+        train_log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        train_log.flush()
+        proc = subprocess.Popen(cmd, stdout=train_log, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             time.sleep(poll_s)
             last = _last_step(d / "metrics.jsonl")
@@ -81,9 +89,10 @@ def run_one(spec: RunSpec, on_progress: Callable[[str], None] = lambda s: None, 
     return proc.returncode
 
 
-def run_comparison(cfg: CompareConfig, only: str | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_comparison(cfg: CompareConfig, only: str | None = None) -> list[dict[str, Any]]:
     """Run every unfinished run (``only``: those whose name contains this text); returns one status per run."""
     tqdm = require("tqdm.auto", "train", "comparison").tqdm
+    redirect = require("tqdm.contrib.logging", "train", "comparison").logging_redirect_tqdm
 
     specs = [s for s in cfg.runs() if only is None or only in s.name]
     for spec in specs:
@@ -93,20 +102,21 @@ def run_comparison(cfg: CompareConfig, only: str | None = None, log: Callable[[s
     (out / "compare.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     todo = [s for s in specs if not is_finished(s)]
     if len(todo) < len(specs):
-        log(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
+        log.info(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
     statuses = [{"name": s.name, "status": "finished"} for s in specs if is_finished(s)]
-    bar = tqdm(todo, desc=f"comparison {cfg.name}", unit="run")
-    for spec in bar:
-        bar.set_description(f"{cfg.name}: {spec.name}")
-        t0 = time.perf_counter()
-        code = run_one(spec, on_progress=lambda text: bar.set_postfix_str(text))
-        took = time.perf_counter() - t0
-        if code == 0 and is_finished(spec):
-            statuses.append({"name": spec.name, "status": "finished", "seconds": took})
-            log(f"{spec.name}: finished in {took:.0f} s")
-        else:
-            tail = (run_dir(spec) / "train.log").read_text().strip().splitlines()[-1:] or [""]
-            statuses.append({"name": spec.name, "status": "failed", "exit_code": code, "error": tail[0]})
-            log(f"{spec.name}: FAILED (exit code {code}): {tail[0]} — see {run_dir(spec) / 'train.log'}")
-    bar.close()
+    with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):  # log lines above the bar
+        bar = tqdm(todo, desc=f"comparison {cfg.name}", unit="run")
+        for spec in bar:
+            bar.set_description(f"{cfg.name}: {spec.name}")
+            t0 = time.perf_counter()
+            code = run_one(spec, on_progress=lambda text: bar.set_postfix_str(text))
+            took = time.perf_counter() - t0
+            if code == 0 and is_finished(spec):
+                statuses.append({"name": spec.name, "status": "finished", "seconds": took})
+                log.info(f"{spec.name}: finished in {took:.0f} s")
+            else:
+                tail = (run_dir(spec) / "train.log").read_text().strip().splitlines()[-1:] or [""]
+                statuses.append({"name": spec.name, "status": "failed", "exit_code": code, "error": tail[0]})
+                log.error(f"{spec.name}: FAILED (exit code {code}): {tail[0]} — see {run_dir(spec) / 'train.log'}")
+        bar.close()
     return statuses

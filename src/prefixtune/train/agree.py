@@ -2,7 +2,8 @@
 
 With several processes only rank 0 evaluates, writes files and logs; anything that ends the loop
 must still be the same on every process, or the others go on to a collective that rank 0 never
-joins and the run hangs. These two helpers are the only ways such values cross processes.
+joins and the run hangs. These two helpers are the only ways such values cross processes;
+:func:`sum_over_processes` adds up what each process measured (the logged loss and tokens).
 """
 
 from __future__ import annotations
@@ -36,3 +37,12 @@ def from_main(value: T, acc: Any) -> T:
     box = [value]
     require("accelerate.utils", "train", "training").broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+def sum_over_processes(values: tuple[float, ...] | list[float], acc: Any) -> list[float]:
+    """Each of ``values`` summed over all processes (accelerate's ``reduce``, in float64); with one
+    process, the values themselves. A collective: every process must call it."""
+    if acc.num_processes == 1:
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=acc.device)
+    return acc.reduce(tensor, reduction="sum").tolist()

@@ -53,6 +53,10 @@ class TrainConfig:
         max_new_tokens, num_beams, stop: decoding for generation metrics.
         seed: seeds data order, init and dropout.
         out: the run directory.
+        report_to: experiment trackers for the metrics (tensorboard, wandb, mlflow, ..., all; default none).
+            accelerate's trackers: also ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``,
+            ``trackio``; ``all`` = those installed. TensorBoard writes under ``<out>/trackers``. A
+            string is split at commas.
         distributed: ``ddp`` (each process holds the whole model) or ``fsdp`` (the base sharded).
             With ``fsdp`` the frozen base model's weights are split across the processes (adapter
             methods only; see docs/training.md). One process ignores it.
@@ -92,6 +96,7 @@ class TrainConfig:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     seed: int = 0
     out: str = "runs/run"
+    report_to: list[str] = field(default_factory=list)
     distributed: str = "ddp"
 
     def __post_init__(self) -> None:
@@ -101,6 +106,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
+        if isinstance(self.report_to, str):  # --report-to tensorboard,wandb
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        self.report_to = [name for name in self.report_to if name != "none"]
         if self.distributed not in DISTRIBUTED:
             raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
         if self.distributed == "fsdp" and train_method(self.method).baseline:

@@ -6,10 +6,12 @@ those across processes; the loss is the sum over target tokens (or examples) div
 global count, so one process and several give the same gradients.
 
 :func:`train` reads top to bottom: :func:`setup` builds the run, :func:`resume_latest` restores
-the newest valid checkpoint, then each step is :func:`train_step`, an :func:`evaluate_step` every
-``eval_every`` steps, a :func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes
-the final adapter, scores, plots and ``result.json``. Only rank 0 evaluates and writes files, but
-every decision that ends the loop is the same on all processes (:mod:`prefixtune.train.agree`).
+the newest valid checkpoint, :func:`announce` logs the run's shape, then in :func:`run_steps` each
+step is :func:`train_step`, an :func:`evaluate_step` every ``eval_every`` steps, a
+:func:`stop_reason` and :func:`save_checkpoint`; :func:`finish` writes the final adapter, scores,
+plots and ``result.json``. Only rank 0 evaluates, writes files and logs
+(to the ``prefixtune.train.loop`` logger), but every decision that ends the loop is the same on all
+processes (:mod:`prefixtune.train.agree`).
 How the processes share the model (and why with FSDP all of them evaluate) is
 :mod:`prefixtune.train.distributed`.
 """
@@ -17,6 +19,7 @@ How the processes share the model (and why with FSDP all of them evaluate) is
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import time
@@ -34,13 +37,13 @@ from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import distributed, methods
-from prefixtune.train.agree import any_process, from_main
+from prefixtune.train import distributed, logs, methods, trackers
+from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
 
-
+log = logging.getLogger(__name__)
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -90,7 +93,6 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     data: TrainData
-    log: Callable[[str], None]
     trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
     ddp: Any = None  # what the steps call: DDP-wrapped or FSDP-sharded with several processes (set after resuming)
     eval_task: Task | None = None  # loaded at the first evaluation
@@ -109,16 +111,18 @@ class Run:
         return "bleu" if self.spec.kind == "generation" else "accuracy"
 
     def write_metrics(self, row: dict[str, Any]) -> None:
-        """Append one row to ``metrics.jsonl`` (rank 0 only)."""
+        """Append one row to ``metrics.jsonl`` and send it to the trackers (rank 0 only)."""
         if self.main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            trackers.log_row(self.acc, row)
 
 
-def setup(cfg: TrainConfig, log: Callable[[str], None]) -> Run:
-    """Accelerator, ``config.json``, seeds, model, training data, AdamW and its schedule."""
+def setup(cfg: TrainConfig) -> Run:
+    """Accelerator (with the trackers of ``report_to``), ``config.json``, seeds, model, training data,
+    AdamW and its schedule."""
     Accelerator = require("accelerate", "train", "training").Accelerator
-    acc = Accelerator(cpu=not torch.cuda.is_available())
+    acc = Accelerator(cpu=not torch.cuda.is_available(), **trackers.accelerator_kwargs(cfg))
     micro = cfg.batch_size // cfg.grad_accum
     if micro % acc.num_processes:
         raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {acc.num_processes} processes")
@@ -140,11 +144,11 @@ def setup(cfg: TrainConfig, log: Callable[[str], None]) -> Run:
         model.gradient_checkpointing_enable()
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
     if acc.is_main_process:
-        log(f"{len(encoded)} training examples ({report}); {model.count_parameters()}")
+        log.info(f"{len(encoded)} training examples ({report})")
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = linear_warmup_decay(cfg.steps, int(cfg.warmup_ratio * cfg.steps))
     return Run(cfg, acc, spec, tok, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-               TrainData(encoded, cfg.batch_size, cfg.seed), log,
+               TrainData(encoded, cfg.batch_size, cfg.seed),
                trim=spec.kind == "generation" and _accepts_logits_to_keep(model))
 
 
@@ -159,14 +163,14 @@ def resume_latest(run: Run) -> tuple[int, dict[str, Any]]:
     Rank 0 picks the checkpoint and every process loads that one, so all start at the same step.
     Rows that the interrupted run logged to ``metrics.jsonl`` after its checkpoint are dropped.
     """
-    found = from_main(latest_valid(run.out / "checkpoints", run.log) if run.main else None, run.acc)
+    found = from_main(latest_valid(run.out / "checkpoints") if run.main else None, run.acc)
     if found is None:
         return 0, fresh_progress()
     meta = load_state(found, run.model, run.optimizer, run.scheduler)
     start = meta["step"]
     metrics = run.out / "metrics.jsonl"
     if run.main:
-        run.log(f"resuming from {found} (step {start})")
+        log.info(f"resuming from {found} (step {start})")
         if metrics.is_file():
             kept = [line for line in metrics.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= start]
@@ -193,27 +197,35 @@ def _accumulate(run: Run, batch_idx: list[int], global_count: int) -> tuple[floa
     return loss_total, tokens
 
 
+def clip_gradients(run: Run) -> float:
+    """Clip the trainable gradients to a total norm of ``max_grad_norm`` (0 or None: no clipping);
+    returns their total norm before clipping (accelerate's ``clip_grad_norm_``, the same on every
+    process: DDP has averaged the gradients)."""
+    limit = run.cfg.max_grad_norm or float("inf")  # inf: the norm only, the gradients times 1.0
+    return float(run.acc.clip_grad_norm_(run.model.trainable_parameters(), limit))
+
+
 def train_step(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
     """One optimizer step on step ``step``'s (0-based) global batch; logs and returns its metrics
-    row and adds its tokens and wall time (data, forward, backward, update) to ``progress``."""
+    row and adds its tokens and wall time (data, forward, backward, update) to ``progress``. The
+    row's ``train_loss`` and tokens are the whole global batch's (summed over processes), so they
+    do not depend on the number of processes; ``grad_norm`` is the norm before clipping."""
     step_start = time.perf_counter()
-    world = run.acc.num_processes
     batch_idx = run.data.batch_of(step)
     encoded = run.data.encoded
     global_count = sum(sum(1 for t in encoded[i].labels[1:] if t != -100) if run.spec.kind == "generation" else 1
                        for i in batch_idx)
     t0 = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
-    loss_total, tokens = _accumulate(run, batch_idx, global_count)
+    loss_total, tokens = sum_over_processes(_accumulate(run, batch_idx, global_count), run.acc)
     distributed.average_gradients(run)
-    if run.cfg.max_grad_norm:
-        torch.nn.utils.clip_grad_norm_(run.model.trainable_parameters(), run.cfg.max_grad_norm)
+    grad_norm = clip_gradients(run)
     lr_used = run.optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
     run.optimizer.step()
     run.scheduler.step()
-    row = {"step": step + 1, "train_loss": loss_total * world / global_count,  # this process's share, scaled
-           "lr": lr_used, "tokens_per_s": tokens * world / (time.perf_counter() - t0)}
-    progress["train_tokens"] = progress.get("train_tokens", 0) + tokens * world
+    row = {"step": step + 1, "train_loss": loss_total / global_count, "grad_norm": grad_norm,
+           "lr": lr_used, "tokens_per_s": tokens / (time.perf_counter() - t0)}
+    progress["train_tokens"] = progress.get("train_tokens", 0) + int(tokens)
     run.write_metrics(row)
     progress["train_seconds"] = progress.get("train_seconds", 0.0) + time.perf_counter() - step_start
     return row
@@ -228,7 +240,15 @@ def score(run: Run, step: int) -> dict[str, float]:
                                     max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, stop=cfg.stop)
     run.model.train()
     run.write_metrics({"step": step, "split": cfg.eval_split, **scores})
+    log.info(f"step {step}: {cfg.eval_split} " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     return scores
+
+
+def refresh_plots(run: Run) -> None:
+    """Redraw ``loss.png`` and ``<metric>.png`` from ``metrics.jsonl`` (rank 0, after every evaluation)."""
+    from prefixtune.train.plots import plot_run  # matplotlib, an optional extra
+
+    plot_run(run.out / "metrics.jsonl", run.out, run.metric)
 
 
 def keep_best(run: Run, progress: dict[str, Any], step: int, scores: dict[str, float], ties_win: bool) -> bool:
@@ -247,13 +267,14 @@ SHARED_PROGRESS = ("best", "best_step", "bad_evals", "history")  # what evaluati
 
 
 def evaluate_step(run: Run, step: int, progress: dict[str, Any]) -> None:
-    """Evaluate after step ``step`` (rank 0; every process with a sharded model), keep the best and
-    count evaluations without improvement; then every process takes rank 0's record, so all decide
-    patience alike."""
+    """Evaluate after step ``step`` (rank 0; every process with a sharded model), keep the best,
+    count evaluations without improvement and redraw the plots; then every process takes rank 0's
+    record, so all decide patience alike."""
     scores = score(run, step) if distributed.evaluates_here(run) else {}
     if run.main:
         improved = keep_best(run, progress, step, scores, ties_win=False)
         progress["bad_evals"] = 0 if improved else progress["bad_evals"] + 1
+        refresh_plots(run)
     progress.update(from_main({k: progress[k] for k in SHARED_PROGRESS}, run.acc))
 
 
@@ -289,9 +310,7 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
     scores = score(run, step) if distributed.evaluates_here(run) else {}
     if run.main:
         keep_best(run, progress, step, scores, ties_win=True)
-        from prefixtune.train.plots import plot_run  # matplotlib, an optional extra
-
-        plot_run(run.out / "metrics.jsonl", run.out, run.metric)
+        refresh_plots(run)
         count = run.model.count_parameters()
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
                   "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
@@ -302,22 +321,27 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
     return result
 
 
-def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = print,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
-    after that many steps of this call, like a kill (tests use it)."""
-    tqdm = require("tqdm.auto", "train", "training").tqdm
+def announce(run: Run) -> None:
+    """Log the start-up line (world size, devices, dtype, batch, method; rank 0) and, when the
+    launcher evidently started one process where several were asked for, a warning saying why."""
+    line = logs.startup_line(run.cfg, run.acc, run.model)  # every process: the devices are gathered
+    if run.main:
+        log.info(line)
+        warning = logs.launch_warning(run.acc.num_processes)
+        if warning:
+            log.warning(warning)
 
-    run = setup(cfg, log)
-    start, progress = resume_latest(run) if resume else (0, fresh_progress())
-    run.ddp = distributed.prepare(run)
-    run.model.train()
-    memory = PeakMemory(run.acc.device)
-    memory.start()
+
+def run_steps(run: Run, start: int, progress: dict[str, Any], stop_after: int | None) -> tuple[int, bool]:
+    """The training steps from ``start`` (a step, then maybe an evaluation, a stop, a checkpoint)
+    with a progress bar on rank 0; returns the steps done and whether ``stop_after`` cut them short."""
+    tqdm = require("tqdm.auto", "train", "training").tqdm
+    cfg = run.cfg
     current = start
     stopped = bool(progress.get("stopped"))  # a resumed run that had already stopped trains no more
+    quiet = logging.getLogger("prefixtune").level > logging.INFO  # -q: no bar either
     bar = tqdm(range(start, start if stopped else cfg.steps), desc=f"training {cfg.method} on {run.spec.name}",
-               unit="step", disable=not run.main, initial=start, total=cfg.steps)
+               unit="step", disable=quiet or not run.main, initial=start, total=cfg.steps)
     for done_here, step in enumerate(bar, 1):
         row = train_step(run, step, progress)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -331,9 +355,33 @@ def train(cfg: TrainConfig, resume: bool = True, log: Callable[[str], None] = pr
         save_checkpoint(run, current, progress, stopping=reason is not None)
         if reason is not None:
             if run.main:
-                log(reason)
+                log.info(reason)
             break
         if stop_after is not None and done_here >= stop_after:
-            return {"stopped_at": current}
+            bar.close()
+            return current, True
     bar.close()
-    return finish(run, current, progress, memory.peak_mib())
+    return current, False
+
+
+def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
+    after that many steps of this call, like a kill (tests use it). Progress goes to the
+    ``prefixtune`` loggers (the command line sends them to stderr: :mod:`prefixtune.cli.logs`)."""
+    redirect = require("tqdm.contrib.logging", "train", "training").logging_redirect_tqdm
+
+    run = setup(cfg)
+    start, progress = resume_latest(run) if resume else (0, fresh_progress())
+    run.ddp = distributed.prepare(run)
+    run.model.train()
+    announce(run)
+    memory = PeakMemory(run.acc.device)
+    memory.start()
+    trackers.start(run.acc, cfg)
+    try:
+        # log lines above the progress bar, not through it
+        with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):
+            current, cut_short = run_steps(run, start, progress, stop_after)
+        return {"stopped_at": current} if cut_short else finish(run, current, progress, memory.peak_mib())
+    finally:
+        trackers.finish(run.acc)

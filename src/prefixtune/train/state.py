@@ -8,6 +8,7 @@ newest checkpoint that verifies; a partial or corrupt one is reported and skippe
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ from safetensors.torch import save as st_save
 from prefixtune.io.checkpoint import read_manifest, read_tensors
 from prefixtune.io.files import CheckpointError, read_verified, write_with_manifest
 
+log = logging.getLogger(__name__)
 STATE = "state.json"
 
 
@@ -86,8 +88,8 @@ def verify(path: Path) -> dict[str, Any]:
     return meta
 
 
-def latest_valid(root: Path, log: Any = print) -> Path | None:
-    """The newest checkpoint under ``root`` that verifies (corrupt ones are reported and skipped)."""
+def latest_valid(root: Path) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies (corrupt ones are logged as warnings and skipped)."""
     if not root.is_dir():
         return None
     for path in sorted(root.glob("step-*"), reverse=True):
@@ -95,7 +97,7 @@ def latest_valid(root: Path, log: Any = print) -> Path | None:
             verify(path)
             return path
         except (CheckpointError, KeyError, ValueError) as e:
-            log(f"skipping checkpoint {path.name}: {e}")
+            log.warning(f"skipping checkpoint {path.name}: {e}")
     return None
 
 
