@@ -30,12 +30,14 @@ class PromptEmbedding(nn.Module):
     """
 
     def __init__(self, length: int, d_model: int, encoder: str = "none", hidden_size: int = 512,
-                 dropout: float = 0.0, init_range: float = 0.5) -> None:
+                 dropout: float = 0.0, init_range: float | None = 0.5) -> None:
         super().__init__()
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         self.length = length
-        self.embedding = nn.Parameter(torch.empty(length, d_model).uniform_(-init_range, init_range))
+        self.embedding = nn.Parameter(torch.empty(length, d_model))
+        if init_range is not None:  # None: the caller fills it (no random numbers drawn)
+            self.embedding.data.uniform_(-init_range, init_range)
         self.lstm: nn.LSTM | None = None
         self.mlp: nn.Sequential | None = None
         if encoder == "lstm":
@@ -45,6 +47,13 @@ class PromptEmbedding(nn.Module):
             self.mlp = nn.Sequential(nn.Linear(d_model, hidden_size), nn.ReLU(), nn.Linear(hidden_size, hidden_size),
                                      nn.ReLU(), nn.Linear(hidden_size, d_model))
         self.dropout = nn.Dropout(dropout)
+
+    @classmethod
+    def holding(cls, vectors: torch.Tensor, dropout: float = 0.0) -> "PromptEmbedding":
+        """A plain prompt holding ``vectors`` ``(l, d_model)`` (a copy); draws no random numbers."""
+        out = cls(vectors.shape[0], vectors.shape[1], dropout=dropout, init_range=None)
+        out.embedding = nn.Parameter(vectors.detach().clone())
+        return out
 
     @property
     def is_folded(self) -> bool:
@@ -65,9 +74,7 @@ class PromptEmbedding(nn.Module):
         self.eval()
         vectors = self().detach().clone()
         self.train(was)
-        out = PromptEmbedding(self.length, vectors.shape[1], dropout=self.dropout.p)
-        out.embedding.data.copy_(vectors)
-        return out
+        return PromptEmbedding.holding(vectors, self.dropout.p)
 
     # ------------------------------------------------------------------ state (see prefixtune.core.parts)
 
@@ -78,9 +85,7 @@ class PromptEmbedding(nn.Module):
     def from_inference_state(self, tensors: dict[str, torch.Tensor]) -> "PromptEmbedding":
         """A plain prompt holding the saved vectors, shaped like this one."""
         vectors = check_shape("", tensors.get(""), tuple(self.embedding.shape))
-        out = PromptEmbedding(self.length, vectors.shape[1], dropout=self.dropout.p)
-        out.embedding.data.copy_(vectors)
-        return out
+        return PromptEmbedding.holding(vectors, self.dropout.p)
 
 
 def insert_prompt(prompt: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor | None,

@@ -68,11 +68,11 @@ def save_adapter(path: str | os.PathLike, config: MethodConfig, parts: Parts, la
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The checked manifest of the adapter directory ``path``.
+    """The manifest of the saved directory ``path`` (an adapter's, or a baseline's: its fields are
+    checked where they are read, e.g. by :func:`load_parts`).
 
     Raises:
-        CheckpointError: no directory or manifest, not JSON, another format version, or a field of
-            the wrong type (the message names it).
+        CheckpointError: no directory or manifest, not JSON or not an object, another format version.
     """
     path = Path(path)
     cfg = path / CONFIG_NAME
@@ -89,7 +89,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{cfg}: format version {version!r}, this prefixtune reads {FORMAT_VERSION}")
-    _check_fields(manifest, cfg)
     return manifest
 
 
@@ -219,6 +218,7 @@ def load_parts(path: str | os.PathLike, layout: ModelLayout, folded: bool = Fals
     """
     path = Path(path)
     manifest = read_manifest(path)
+    _check_fields(manifest, path / CONFIG_NAME)
     config = _config(manifest, path)
     layers = _check_layout(manifest, layout, path)
     _check_base(manifest, base_fingerprint, path)
