@@ -284,6 +284,11 @@ def test_documented_commands_parse():
     commands = documented_commands()
     assert len(commands) >= 15 and any("--set prefix_length=20" in c for c in commands), commands
     for command in commands:
+        if "--help" in command.split():
+            with pytest.raises(SystemExit) as e:
+                parse_args(shlex.split(command))
+            assert e.value.code == 0, command
+            continue
         args = parse_args(shlex.split(command))
         if args.command == "train":
             if args.config:
