@@ -55,13 +55,14 @@ def test_params_counts_every_registered_method(tiny_dir, method, options):
     from transformers import AutoModelForCausalLM
 
     import prefixtune as pt
+    from prefixtune.cli.options import parse_set
     from prefixtune.methods import REGISTRY
-    from prefixtune.train.commands import parse_options
 
     r = cli("params", "--model", tiny_dir, "--method", method, *[a for o in options for a in ("--set", o)])
     assert r.returncode == 0, r.stderr[-2000:]
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    want = pt.wrap(model, REGISTRY[method].config(**parse_options(options))).count_parameters()
+    config = REGISTRY[method].config
+    want = pt.wrap(model, config(**parse_set(options, config.options(), method))).count_parameters()
     assert r.stdout.strip() == str(want)
 
 
@@ -79,6 +80,10 @@ def test_help_documents_every_option():
     (["train", "--task", "mine", "--data", "nowhere.csv", "--input-column", "a", "--target-column", "b"],
      "no such file or directory"),
     (["train", "--steps", "0"], "steps must be >= 1"),
+    (["train", "--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
+    (["train", "--set", "prefx_length=3"], "--set prefx_length: method prefix has no option 'prefx_length' "
+                                           "(did you mean 'prefix_length'?); its options: dropout, exclude_layers"),
+    (["params", "--gate", "maybe"], "argument --gate: Truthy value expected"),
     (["eval", "--run", "/nonexistent-run"], "not a run directory"),
     (["params", "--model", "no-such-model"],
      "prefixtune: error: unknown model 'no-such-model': not a bundled name (smollm2-135m, minilm-l6), "

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from prefixtune.cli.logs import configure_logging
-from prefixtune.cli.main import _parser
+from prefixtune.cli.main import parse_args
 
 
 def test_main_process_logs_at_the_chosen_level_to_stderr(capsys):
@@ -44,4 +44,4 @@ def test_configuring_again_does_not_duplicate_lines(capsys):
     (["train", "--log-level", "debug"], "debug"),
 ])
 def test_log_level_flags_before_or_after_the_subcommand(argv, level):
-    assert getattr(_parser().parse_args(argv), "log_level", None) == level
+    assert getattr(parse_args(argv), "log_level", None) == level

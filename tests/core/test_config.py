@@ -105,3 +105,27 @@ def test_every_registered_method_builds_its_parts_and_training_lists_them():
     assert "prefix" not in methods_for("classification") and "ptuning_v2" not in methods_for("generation")
     with pytest.raises(ConfigError, match="prefix, prompt, ptuning_v2, lora, full"):
         TrainConfig(method="prefix-tuning")
+
+
+def test_options_are_the_flat_keys_the_constructor_routes():
+    """A config's options (the --set keys) with the types, defaults and help of the fields they
+    reach: composed configs list their parts' fields flat, with this method's defaults."""
+    import prefixtune as pt
+    from typing import Literal
+
+    prefix = PrefixConfig.options()
+    assert list(prefix) == [f for f in PrefixConfig.__dataclass_fields__ if f != "method"]
+    assert prefix["reparameterization"].type == Literal["mlp", "direct"] and prefix["prefix_length"].default == 10
+    assert "virtual key/value positions" in prefix["prefix_length"].help
+    v2 = pt.PTuningV2Config.options()
+    assert v2["prefix_length"].default == 16 and v2["prefix_length"].part == "prefix"  # the paper's, not 10
+    assert v2["dropout"].part == "prefix" and v2["head_dropout"].part == "head"  # as the constructor routes them
+    assert v2["pooling"].type == Literal["cls", "mean", "last"] | None  # None: the part's default
+    prompt = pt.PromptConfig.options()
+    assert prompt["pooling"].default == "mean" and prompt["num_labels"].optional_part  # giving it adds a head
+    assert "head" not in prompt and "prefix" not in v2
+    for name, opt in v2.items():  # every option reaches the field it names
+        value = opt.default if opt.default is not None else "natural"
+        cfg = pt.PTuningV2Config(**{name: value})
+        part = getattr(cfg, opt.part)
+        assert getattr(part, "dropout" if name == "head_dropout" else name) == value, name

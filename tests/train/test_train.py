@@ -430,6 +430,41 @@ def test_task_spec_from_columns():
             task_spec(TrainConfig(task="custom", **bad))
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps="10"), "steps must be an int, got '10'"),
+    (dict(steps=True), "steps must be an int, got True"),
+    (dict(lr="1e-3"), "lr must be a float, got '1e-3' (a number in quotes, or YAML's 1e-3"),
+    (dict(bf16="no"), "bf16 must be true or false, got 'no'"),
+    (dict(stop="\n"), "stop must be a list of str"),
+    (dict(patience=1.5), "patience must be an int or none, got 1.5"),
+    (dict(adapter={"prefx_length": 3}), "adapter: method prefix has no option 'prefx_length' (did you mean "
+                                        "'prefix_length'?)"),
+    (dict(method="prompt", adapter={"prefix_length": 3}), "adapter: method prompt has no option 'prefix_length'"),
+    (dict(adapter={"hidden_size": "512"}), "adapter.hidden_size must be an int, got '512'"),
+    (dict(adapter={"prefix_length": 0}), "prefix_length must be a positive integer"),
+])
+def test_train_config_checks_types_and_the_methods_options(kwargs, message):
+    """Before anything loads: each field against its type, the adapter against the method's config."""
+    import re
+
+    from prefixtune.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(**kwargs)
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+def test_train_config_takes_what_it_always_took():
+    """ints for floats, lists for tuples, None for a composed config's flat option (the default),
+    a sub-config as a mapping: what saved run directories and comparison files hold."""
+    cfg = TrainConfig(lr=1, warmup_ratio=0, adapter={"exclude_layers": [0], "locations": ["decoder_self"]})
+    assert cfg.lr == 1 and TrainConfig.from_dict(cfg.to_dict()) == cfg
+    TrainConfig(method="prompt", adapter={"num_virtual_tokens": 3, "num_labels": None, "pooling": "mean"})
+    TrainConfig(method="ptuning_v2", adapter={"head": {"num_labels": 3}, "prefix_length": 4})
+    TrainConfig(method="lora", adapter={"r": 4, "target_modules": ["q_proj"]})
+
+
 @pytest.fixture(scope="module")
 def topics_dir(tmp_path_factory):
     """Three classes, each given away by one word."""

@@ -3,32 +3,47 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 from prefixtune.cli.logs import LEVELS, configure_logging
-from prefixtune.methods import REGISTRY
+from prefixtune.cli.options import Parser, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``prefixtune`` with ``argv`` (default: the command line's); returns the exit status, 2 after a
-    bad value or a missing file (printed as ``prefixtune: error: ...``)."""
-    args = _parser().parse_args(argv)
-    configure_logging(getattr(args, "log_level", "info"))
+    """Run ``prefixtune`` with ``argv`` (default: the command line's); returns the exit status: 0
+    (also after ``--help``), 2 after a command line that does not parse, a bad value or a missing
+    file, each printed as one line ``prefixtune: error: ...``."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        args = parse_args(argv)
+        configure_logging(getattr(args, "log_level", "info"))
         return _run(args, argv)
+    except UsageError as e:
+        print(f"prefixtune: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"prefixtune: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    """The parser with one subcommand each for params, serve, train, eval, generate and compare."""
-    parser = argparse.ArgumentParser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed (a :class:`UsageError` if it does not parse); nothing runs."""
+    return _parser(argv).parse_args(argv)
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser with one subcommand each for params, serve, train, eval, generate and compare
+    (``argv``'s ``--method`` picks the method whose options ``train --help`` and ``params --help`` list)."""
+    from prefixtune.cli.train import add_params_parser, add_train_parser, chosen_method
+
+    parser = Parser(prog="prefixtune", description="Prefix tuning for Hugging Face transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_params_parser(sub)
+    method = chosen_method(argv, "prefix")
+    add_params_parser(sub, method)
     _add_serve_parser(sub)
-    _add_train_parser(sub)
+    add_train_parser(sub, method)
     _add_eval_parser(sub)
     _add_generate_parser(sub)
     _add_compare_parser(sub)
@@ -49,34 +64,15 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
                         default=argparse.SUPPRESS, help="the same as --log-level warning (no progress bar either)")
 
 
-def _params_fields() -> list[dataclasses.Field]:
-    """PrefixConfig's fields that ``prefixtune params`` takes as options (all but the layer selections)."""
-    from prefixtune.methods.prefix import PrefixConfig
-
-    return [f for f in dataclasses.fields(PrefixConfig) if f.init and f.name not in ("locations", "exclude_layers")]
-
-
-def _add_params_parser(sub: argparse._SubParsersAction) -> None:
-    params = sub.add_parser("params", help="trainable and stored parameters for a model and prefix config")
-    params.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
-    params.add_argument("--task", default="causal-lm", help="causal-lm, masked-lm, seq2seq-lm or base")
-    params.add_argument("--method", default="prefix", choices=list(REGISTRY),
-                        help="; ".join(f"{m.name}: {m.summary}" for m in REGISTRY.values()) + " (default: prefix)")
-    params.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                        help="a method option, e.g. --set num_virtual_tokens=20 (any method)")
-    for f in _params_fields():
-        params.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
-                            help=f"prefix only (default: {f.default})")
-
-
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    serve = sub.add_parser("serve", help="serve the base model and adapters over an OpenAI-compatible HTTP API")
+    serve = sub.add_parser("serve", help="serve the base model and adapters over an OpenAI-compatible HTTP API",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     serve.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
     serve.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                        help="an adapter to serve under NAME (repeatable)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: open)")
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (None: open)")
     serve.add_argument("--admin-key", default=None, help="enables POST/DELETE /admin/adapters with this key")
     serve.add_argument("--batching", default="mixed", choices=("mixed", "same", "none"),
                        help="batch requests across adapters, only of one adapter, or not at all")
@@ -87,15 +83,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
 
 
-def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from prefixtune.train.commands import add_train_options
-
-    train = sub.add_parser("train", help="train an adapter on a task; resumes a run directory's last checkpoint")
-    add_train_options(train)
-
-
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("eval", help="score a trained adapter on a split and write its predictions")
+    ev = sub.add_parser("eval", help="score a trained adapter on a split and write its predictions",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ev.add_argument("--run", required=True, help="the run directory")
     ev.add_argument("--split", default="test")
     ev.add_argument("--limit", type=int, default=None, help="first N inputs only")
@@ -107,7 +97,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
-    gen = sub.add_parser("generate", help="generate with a trained adapter")
+    gen = sub.add_parser("generate", help="generate with a trained adapter",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     gen.add_argument("--run", required=True)
     gen.add_argument("--input", action="append", required=True, help="input text (repeatable; \\n for newline)")
     gen.add_argument("--adapter", default="best", choices=("best", "adapter"))
@@ -118,7 +109,8 @@ def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
-    cmp = sub.add_parser("compare", help="run several methods on one task (same data, budget, seeds) and report",
+    cmp = sub.add_parser("compare", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         help="run several methods on one task (same data, budget, seeds) and report",
                          description="Train every run of a comparison file (methods x seeds, an optional sweep, an "
                                      "optional low-data curve), each in its own process; finished runs are skipped "
                                      "and an interrupted one resumes. Then write report.md, report.json and plots.")
@@ -132,21 +124,26 @@ def _add_compare_parser(sub: argparse._SubParsersAction) -> None:
                           "with the plots in a folder named after the page")
 
 
-def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     """Run the parsed subcommand; returns the exit status (compare's own, 0 for the others)."""
     if args.command == "params":
         from prefixtune.bundled.models import load_model
+        from prefixtune.cli.train import params_config
         from prefixtune.methods.params import count_parameters
-        from prefixtune.train.commands import parse_options
 
-        flags = {f.name: getattr(args, f.name) for f in _params_fields()} if args.method == "prefix" else {}
-        cfg = REGISTRY[args.method].config(**{**flags, **parse_options(args.options)})
+        cfg = params_config(args)
         model, _ = load_model(args.model, task=args.task)
         print(count_parameters(model, cfg))
     elif args.command == "train":
+        from prefixtune.cli.train import config_yaml, train_config
+
+        cfg = train_config(args)
+        if args.print_config:
+            print(config_yaml(cfg), end="")
+            return 0
         from prefixtune.train.commands import run_train
 
-        run_train(args)
+        run_train(cfg, resume=not args.no_resume)
     elif args.command == "eval":
         from prefixtune.train.commands import run_eval
 

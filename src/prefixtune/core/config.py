@@ -8,9 +8,13 @@ from the wrapped model and is recorded separately in the saved adapter. Method c
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import json
-from typing import Any, ClassVar
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Union
 
 
 class ConfigError(ValueError):
@@ -20,6 +24,95 @@ class ConfigError(ValueError):
 def init_fields(cls: type) -> list[dataclasses.Field]:
     """The dataclass fields of ``cls`` that its constructor takes."""
     return [f for f in dataclasses.fields(cls) if f.init]
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with its own help text (``metadata["help"]``, which ``--help`` shows):
+    ``steps: int = option(300, "optimizer steps")``; ``factory`` for mutable defaults."""
+    return dataclasses.field(default=default, default_factory=factory, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a config: a constructor keyword (a ``--set`` key for method configs).
+
+    Fields: ``name``; ``type``, the resolved annotation (``int``, ``str | None``,
+    ``Literal["mlp", "direct"]``, ``tuple[int, ...]``); ``default``; ``help``; ``part``, the
+    sub-config a flat option of a composed config goes to ("" for the config's own fields);
+    ``optional_part``: that sub-config is absent unless one of its options is given.
+    """
+
+    name: str
+    type: Any
+    default: Any
+    help: str
+    part: str = ""
+    optional_part: bool = False
+
+
+def config_options(cls: type) -> dict[str, Option]:
+    """The options of dataclass ``cls``: its constructor's fields with type, default and help."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: Option(f.name, hints[f.name], _default(f), f.metadata.get("help", "")) for f in init_fields(cls)}
+
+
+def unknown_option(key: str, known: list[str], what: str) -> ConfigError:
+    """The error for a key ``what`` does not have, with the closest known key (a typo) and all of them."""
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"{what} has no option {key!r}{hint}; its options: {', '.join(sorted(known))}")
+
+
+def type_name(tp: Any) -> str:
+    """``int`` -> "an int", ``list[str]`` -> "a list of str", ``Literal["a", "b"]`` -> "one of a, b"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (list, tuple):
+        return f"a list of {getattr(args[0], '__name__', args[0])}" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {bool: "true or false", int: "an int", float: "a float", str: "a string",
+            type(None): "none"}.get(tp, f"a {getattr(tp, '__name__', tp)}")
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` (as read from JSON or YAML) is of type ``tp``; an int fits a float."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is Literal:
+        return value in args and type(value) in {type(a) for a in args}
+    if origin in (list, tuple):
+        inner = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and all(_fits(v, inner) for v in value)
+    if origin is dict or tp is dict:
+        return isinstance(value, dict)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is type(None):
+        return value is None
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def check_type(value: Any, tp: Any, where: str) -> None:
+    """Raise a ConfigError naming ``where`` unless ``value`` is of type ``tp`` (see :func:`_fits`)."""
+    if _fits(value, tp):
+        return
+    hint = ""
+    if isinstance(value, str) and _fits(1.0, tp) and not _fits("x", tp):
+        try:
+            float(value)
+            hint = " (a number in quotes, or YAML's 1e-3, which it reads as text: write 1.0e-3)"
+        except ValueError:
+            pass
+    raise ConfigError(f"{where} must be {type_name(tp)}, got {value!r}{hint}")
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -68,6 +161,11 @@ class ConfigIO:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """What the constructor takes, by name: a config's ``--set`` keys."""
+        return config_options(cls)
 
 
 class ComposedConfig(ConfigIO):
@@ -122,6 +220,28 @@ class ComposedConfig(ConfigIO):
         if given is None and _default(f) is None:
             return None  # an optional part that is absent
         return given if given is not None else sub_cls(**self.SUB_DEFAULTS.get(name, {}))
+
+    @classmethod
+    def options(cls) -> dict[str, Option]:
+        """The flat options, routed as the constructor routes them: the config's own fields, then
+        ``ALIASES``, then each sub-config's fields (the first sub-config that has a name takes it),
+        with this method's ``SUB_DEFAULTS``. A flat option may be None: the sub-config's default."""
+        fields = {f.name: f for f in init_fields(cls)}
+        out = {name: opt for name, opt in config_options(cls).items() if name not in cls.SUBCONFIGS}
+
+        def routed(part: str, name: str, key: str) -> Option:
+            opt = cls.SUBCONFIGS[part].options()[key]
+            default = cls.SUB_DEFAULTS.get(part, {}).get(key, opt.default)
+            return Option(name, opt.type | None, default, opt.help, part, _default(fields[part]) is None)
+
+        for name, (part, key) in cls.ALIASES.items():
+            out.setdefault(name, routed(part, name, key))
+        for part, sub_cls in cls.SUBCONFIGS.items():
+            for key in sub_cls.options():
+                if key not in out:
+                    out[key] = routed(part, key, key)
+        rank = {"": 0, **{part: i + 1 for i, part in enumerate(cls.SUBCONFIGS)}}  # listed: own, then each part
+        return dict(sorted(out.items(), key=lambda item: (rank[item[1].part], item[0] in cls.ALIASES)))
 
     def validate(self) -> None:
         """Cross-field checks of the composed config (sub-configs validate themselves)."""

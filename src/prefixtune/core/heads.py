@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -9,7 +11,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassif
 
 from prefixtune.core.parts import StateError
 
-POOLINGS = ("cls", "mean", "last")
+Pooling = Literal["cls", "mean", "last"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
 class _Head(nn.Module):

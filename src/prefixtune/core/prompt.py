@@ -7,14 +7,15 @@ P-tuning produces them with a small prompt encoder (an MLP or a bidirectional LS
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from prefixtune.core.parts import check_shape
 
-ENCODERS = ("none", "mlp", "lstm")
+Encoder = Literal["none", "mlp", "lstm"]
+ENCODERS: tuple[str, ...] = get_args(Encoder)
 
 
 class PromptEmbedding(nn.Module):

@@ -3,32 +3,27 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from torch import nn
 
-from prefixtune.core.config import ConfigError, ConfigIO
-from prefixtune.core.heads import POOLINGS, SequenceClassificationHead, TokenClassificationHead
+from prefixtune.core.config import ConfigError, ConfigIO, option
+from prefixtune.core.heads import POOLINGS, Pooling, SequenceClassificationHead, TokenClassificationHead
 
-TASKS = ("sequence-classification", "token-classification")
+HeadTask = Literal["sequence-classification", "token-classification"]
+TASKS: tuple[str, ...] = get_args(HeadTask)
 
 
 @dataclass
 class HeadConfig(ConfigIO):
-    """A trainable classifier on the frozen model's last hidden state.
+    """A trainable classifier on the frozen model's last hidden state (each field's help is beside it)."""
 
-    Fields:
-        task: ``"sequence-classification"`` (one label per input, from a pooled hidden state) or
-            ``"token-classification"`` (one label per token).
-        num_labels: number of classes (1 = regression for sequence classification).
-        pooling: ``"cls"`` (first real token), ``"mean"`` or ``"last"`` (last real token, for
-            decoder-only models); sequence classification only.
-        dropout: dropout before the classifier.
-    """
-
-    task: str = "sequence-classification"
-    num_labels: int = 2
-    pooling: str = "cls"
-    dropout: float = 0.1
+    task: HeadTask = option("sequence-classification", "sequence-classification: one label per input, from a "
+                                                       "pooled hidden state; token-classification: one per token")
+    num_labels: int = option(2, "number of classes (1 = regression for sequence classification)")
+    pooling: Pooling = option("cls", "cls: the first real token; mean; last: the last real token (for decoder-only "
+                                     "models); sequence classification only")
+    dropout: float = option(0.1, "dropout before the classifier")
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

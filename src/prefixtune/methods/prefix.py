@@ -3,63 +3,59 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-from prefixtune.core.config import ConfigError, ConfigIO
+from prefixtune.core.config import ConfigError, ConfigIO, option
 from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
 from prefixtune.core.prefix import DirectPrefix, MLPPrefix, PrefixStack, prefixed_layers
 
 #: Attention locations a prefix can be attached to. Decoder-only models have ``decoder_self``,
 #: encoder-only models ``encoder_self``, encoder-decoder models all three.
-LOCATIONS: tuple[str, ...] = ("encoder_self", "decoder_self", "cross")
-REPARAMETERIZATIONS: tuple[str, ...] = ("mlp", "direct")
-POSITION_MODES: tuple[str, ...] = ("shifted", "natural")
+Location = Literal["encoder_self", "decoder_self", "cross"]
+Reparameterization = Literal["mlp", "direct"]
+PositionMode = Literal["shifted", "natural"]
+PrefixInit = Literal["random", "text", "vocab"]
+LOCATIONS: tuple[str, ...] = get_args(Location)
+REPARAMETERIZATIONS: tuple[str, ...] = get_args(Reparameterization)
+POSITION_MODES: tuple[str, ...] = get_args(PositionMode)
 
 
 @dataclass
 class PrefixConfig(ConfigIO):
     """Configuration of a prefix (Li & Liang 2021): trainable K/V vectors at every attention layer.
 
-    Fields:
-        prefix_length: number of virtual key/value positions ``l`` prepended at each layer.
-        reparameterization: ``"mlp"`` trains an embedding ``[l, d_model]`` passed through
-            ``Linear(d_model, hidden) -> tanh -> Linear(hidden, layers*2*kv_heads*head_dim)``
-            (the paper's stable form); ``"direct"`` trains the K/V tensors themselves.
-        hidden_size: width of the MLP's hidden layer (512 in the paper's table-to-text setup).
-        dropout: dropout probability applied to the prefix keys/values during training.
-        locations: attention locations that get a prefix, each with its own parameters. The
-            default covers all three; locations a model does not have are skipped.
-        exclude_layers: layer indices (within each location) that get no prefix.
-        position_mode: ``"shifted"`` (default) gives the real tokens position ids ``l..l+n-1``,
-            as the paper's GPT-2 code and PEFT do, so PEFT checkpoints reproduce exactly;
-            ``"natural"`` keeps ``0..n-1``. Applies to models whose forward takes position ids.
-            Default: ``"shifted"``, or ``"natural"`` with ``gate=True`` (so that a fresh gated
-            prefix reproduces the base model exactly).
-        init_std: standard deviation of the random initialization (embedding for ``"mlp"``,
-            the K/V tensors for ``"direct"``).
-        init: ``"random"``; ``"text"``: the prefix starts as the frozen model's own keys/values
-            for ``init_text`` (tokenized, repeated or cut to ``l``), as in the paper (an MLP is
-            first fitted to produce them); ``"vocab"``: the same for random vocabulary tokens.
-        init_text: the text for ``init="text"``, e.g. ``"table-to-text:"``.
-        gate: a learned per-layer, per-key/value-head gate on the prefix's share of attention,
-            zero at the start (LLaMA-Adapter): ``out = attn(real) + tanh(g) * attn(prefix)``,
-            so a fresh adapter reproduces the base model exactly.
+    Each field's help is beside it (``option(default, help)``); ``prefixtune params --help`` and
+    ``prefixtune train --help`` show them with their defaults and choices.
     """
 
-    prefix_length: int = 10
-    reparameterization: str = "mlp"
-    hidden_size: int = 512
-    dropout: float = 0.0
-    locations: tuple[str, ...] = LOCATIONS
-    exclude_layers: tuple[int, ...] = ()
-    position_mode: str | None = None
-    init_std: float = 0.02
-    init: str = "random"
-    init_text: str | None = None
-    gate: bool = False
+    prefix_length: int = option(10, "number of virtual key/value positions l prepended at each layer")
+    reparameterization: Reparameterization = option(
+        "mlp", "mlp: train an embedding [l, d_model] passed through Linear(d_model, hidden_size) -> tanh -> "
+               "Linear(hidden_size, layers*2*kv_heads*head_dim), the paper's stable form; direct: train the K/V "
+               "tensors themselves")
+    hidden_size: int = option(512, "width of the MLP's hidden layer (512 in the paper's table-to-text setup)")
+    dropout: float = option(0.0, "dropout probability on the prefix keys/values during training")
+    locations: tuple[Location, ...] = option(
+        LOCATIONS, "attention locations that get a prefix, each with its own parameters (encoder_self, "
+                   "decoder_self, cross); locations a model does not have are skipped")
+    exclude_layers: tuple[int, ...] = option((), "layer indices (within each location) that get no prefix")
+    position_mode: PositionMode | None = option(
+        None, "shifted: the real tokens get position ids l..l+n-1, as the paper's GPT-2 code and PEFT (PEFT "
+              "checkpoints reproduce exactly); natural: 0..n-1. For models whose forward takes position ids. "
+              "None: shifted, or natural with gate=True (a fresh gated prefix then reproduces the base model)")
+    init_std: float = option(0.02, "standard deviation of the random init (the embedding for mlp, the K/V "
+                                   "tensors for direct)")
+    init: PrefixInit = option(
+        "random", "random; text: start as the frozen model's own keys/values for init_text (tokenized, repeated "
+                  "or cut to l), as in the paper (an MLP is first fitted to produce them); vocab: the same for "
+                  "random vocabulary tokens")
+    init_text: str | None = option(None, "the text for init=text, e.g. 'table-to-text:'")
+    gate: bool = option(False, "a learned per-layer, per-key/value-head gate on the prefix's share of attention, "
+                               "zero at the start (LLaMA-Adapter): out = attn(real) + tanh(g) * attn(prefix), so a "
+                               "fresh adapter reproduces the base model exactly")
     method: str = field(default="prefix", init=False)
 
     def __post_init__(self) -> None:

@@ -4,50 +4,42 @@ optionally with a classification head."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-from prefixtune.core.config import ComposedConfig, ConfigError
+from prefixtune.core.config import ComposedConfig, ConfigError, option
 from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
-from prefixtune.core.prompt import ENCODERS, PromptEmbedding
+from prefixtune.core.prompt import ENCODERS, Encoder, PromptEmbedding
 from prefixtune.methods.head import HeadConfig
 
-INITS = ("random", "vocab", "text", "labels")
+PromptInit = Literal["random", "vocab", "text", "labels"]
+INITS: tuple[str, ...] = get_args(PromptInit)
 
 
 @dataclass(init=False)
 class PromptConfig(ComposedConfig):
-    """Configuration of an input prompt.
+    """Configuration of an input prompt (each field's help is beside it).
 
-    Fields:
-        num_virtual_tokens: number of prompt vectors ``l``.
-        init: ``"random"`` (uniform in ``±init_range``), ``"vocab"`` (embeddings of tokens sampled
-            from the vocabulary), ``"text"`` (embeddings of ``init_text``, repeated or cut to
-            ``l``), ``"labels"`` (embeddings of ``label_words`` first, the rest sampled from the
-            vocabulary; Lester et al.'s best init for classification).
-        init_text: the text for ``init="text"``.
-        label_words: the class-label words for ``init="labels"``.
-        init_range: half-width of the uniform random init.
-        encoder: ``"none"`` (prompt tuning), ``"mlp"`` or ``"lstm"`` (P-tuning's prompt encoder).
-        encoder_hidden_size: hidden width of the prompt encoder.
-        dropout: dropout on the prompt vectors during training.
-        head: None (default) for generation/LM use; a :class:`HeadConfig` adds a classification
-            head on the last hidden states of the real tokens (the prompt's positions are left
-            out), trained with the prompt. Its fields may be given flat:
-            ``num_labels``, ``pooling`` (default ``"mean"`` here), ``head_dropout``.
+    ``head`` is None for generation/LM use; a :class:`HeadConfig` adds a classification head on
+    the last hidden states of the real tokens (the prompt's positions are left out), trained with
+    the prompt. Its fields may be given flat: ``num_labels``, ``pooling`` (default ``"mean"``
+    here), ``head_dropout``; any of them adds the head.
     """
 
-    num_virtual_tokens: int = 20
-    init: str = "random"
-    init_text: str | None = None
-    label_words: tuple[str, ...] = ()
-    init_range: float = 0.5
-    encoder: str = "none"
-    encoder_hidden_size: int = 512
-    dropout: float = 0.0
-    head: HeadConfig | None = None
+    num_virtual_tokens: int = option(20, "number of prompt vectors l")
+    init: PromptInit = option(
+        "random", "random: uniform in +-init_range; vocab: embeddings of tokens sampled from the vocabulary; text: "
+                  "embeddings of init_text, repeated or cut to l; labels: embeddings of label_words first, the rest "
+                  "sampled from the vocabulary (Lester et al.'s best init for classification)")
+    init_text: str | None = option(None, "the text for init=text")
+    label_words: tuple[str, ...] = option((), "the class-label words for init=labels")
+    init_range: float = option(0.5, "half-width of the uniform random init")
+    encoder: Encoder = option("none", "none: prompt tuning; mlp or lstm: P-tuning's prompt encoder")
+    encoder_hidden_size: int = option(512, "hidden width of the prompt encoder")
+    dropout: float = option(0.0, "dropout on the prompt vectors during training")
+    head: HeadConfig | None = option(None, "a classification head (None: none, for generation/LM use)")
     method: str = field(default="prompt", init=False)
 
     SUBCONFIGS = {"head": HeadConfig}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefixtune.core.config import ComposedConfig
+from prefixtune.core.config import ComposedConfig, option
 from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
 from prefixtune.methods.head import HeadConfig
@@ -29,13 +29,10 @@ class PTuningV2Config(ComposedConfig):
     Defaults: prefix length 16, ``direct`` reparameterization, dropout 0.1 (the paper's); the
     head's defaults (sequence classification, 2 labels, ``cls`` pooling).
 
-    Fields:
-        prefix: the prefix at every layer.
-        head: the task head (``task``, ``num_labels``, ``pooling``, ``dropout``).
     """
 
-    prefix: PrefixConfig = field(default_factory=lambda: PrefixConfig(**PREFIX_DEFAULTS))
-    head: HeadConfig = field(default_factory=HeadConfig)
+    prefix: PrefixConfig = option(help="the prefix at every layer", factory=lambda: PrefixConfig(**PREFIX_DEFAULTS))
+    head: HeadConfig = option(help="the task head (task, num_labels, pooling, dropout)", factory=HeadConfig)
     method: str = field(default="ptuning_v2", init=False)
 
     SUBCONFIGS = {"prefix": PrefixConfig, "head": HeadConfig}

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
-from prefixtune.core.config import ComposedConfig, ConfigError
+from prefixtune.core.config import ComposedConfig, ConfigError, option
 from prefixtune.io.checkpoint import CONFIG_NAME, FORMAT_VERSION, TRAINABLE_NAME, read_manifest, read_tensors
 from prefixtune.io.files import CheckpointError, write_with_manifest
 from prefixtune.methods.head import HeadConfig
@@ -32,23 +32,16 @@ from prefixtune.methods.params import ParameterCount
 
 @dataclass(init=False)
 class LoraConfig(ComposedConfig):
-    """LoRA (Hu et al. 2021) through PEFT.
+    """LoRA (Hu et al. 2021) through PEFT (each field's help is beside it). For classification
+    tasks a head on the last hidden state (:class:`HeadConfig`; its fields may be given flat:
+    ``num_labels``, ``pooling``, ``head_dropout``)."""
 
-    Fields:
-        r: rank of the update ``B @ A``.
-        alpha: scaling numerator (the update is scaled by ``alpha / r``).
-        dropout: dropout on the LoRA input.
-        target_modules: module names to adapt; None = PEFT's default for the model family
-            (query and value projections).
-        head: classification tasks: a head on the last hidden state (:class:`HeadConfig`; its
-            fields may be given flat: ``num_labels``, ``pooling``, ``head_dropout``).
-    """
-
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] | None = None
-    head: HeadConfig | None = None
+    r: int = option(8, "rank of the update B @ A")
+    alpha: int = option(16, "scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = option(0.05, "dropout on the LoRA input")
+    target_modules: list[str] | None = option(None, "module names to adapt; None: PEFT's default for the model "
+                                                    "family (query and value projections)")
+    head: HeadConfig | None = option(None, "classification tasks: a head on the last hidden state")
     method: str = field(default="lora", init=False)
 
     SUBCONFIGS = {"head": HeadConfig}
@@ -63,12 +56,9 @@ class LoraConfig(ComposedConfig):
 
 @dataclass(init=False)
 class FullConfig(ComposedConfig):
-    """Full fine-tuning: every parameter of the base model trains (plus a head for classification).
+    """Full fine-tuning: every parameter of the base model trains (plus a head for classification)."""
 
-    Fields: head as in :class:`LoraConfig`.
-    """
-
-    head: HeadConfig | None = None
+    head: HeadConfig | None = option(None, "classification tasks: a head on the last hidden state")
     method: str = field(default="full", init=False)
 
     SUBCONFIGS = {"head": HeadConfig}

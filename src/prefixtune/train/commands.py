@@ -1,8 +1,8 @@
-"""The ``train``, ``eval`` and ``generate`` subcommands (argument parsing lives in ``cli``)."""
+"""The ``train``, ``eval`` and ``generate`` subcommands (their options and config resolution live in
+:mod:`prefixtune.cli`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,67 +14,12 @@ from prefixtune.evaluation.evaluate import evaluate, generate_texts
 from prefixtune.io.files import atomic_write
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.loop import train
-from prefixtune.train.methods import TRAIN_METHODS, load_trained, model_task
+from prefixtune.train.methods import load_trained, model_task
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value: an int, a float, true/false/none, or the text itself."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
-
-
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """``["KEY=VALUE", ...]`` (``--set``) as a mapping of parsed values."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        options[key] = parse_value(value)
-    return options
-
-
-def add_train_options(parser: Any) -> None:
-    parser.add_argument("--config", help="YAML or JSON file of options; command-line options override it")
-    for f in dataclasses.fields(TrainConfig):
-        flag = f"--{f.name.replace('_', '-')}"
-        doc = TrainConfig.__doc__.split(f"{f.name}", 1)[-1].split("\n")[0].strip(": ,") if f.name in TrainConfig.__doc__ else ""
-        if f.name == "adapter":
-            parser.add_argument("--set", dest="adapter", action="append", metavar="KEY=VALUE", default=None,
-                                help="a method option, e.g. --set prefix_length=10 --set reparameterization=direct")
-        elif f.name == "method":
-            parser.add_argument(flag, default=None, choices=list(TRAIN_METHODS), help="; ".join(
-                f"{m.name}: {m.summary}" for m in TRAIN_METHODS.values()) + " (default: prefix)")
-        elif f.name == "stop":
-            parser.add_argument(flag, action="append", default=None, help="stop string for decoding (repeatable)")
-        elif isinstance(f.default, bool):
-            parser.add_argument(flag, default=None, action="store_true", help=doc)
-        else:
-            parser.add_argument(flag, default=None, type=parse_value, help=doc)
-    parser.add_argument("--no-resume", action="store_true", help="start over even if the run directory has checkpoints")
-
-
-def train_config(args: Any) -> TrainConfig:
-    """Config file values, then every option given on the command line."""
-    values: dict[str, Any] = TrainConfig.load(args.config).to_dict() if args.config else {}
-    for f in dataclasses.fields(TrainConfig):
-        given = getattr(args, f.name, None)
-        if given is None:
-            continue
-        if f.name == "adapter":
-            values["adapter"] = {**values.get("adapter", {}), **parse_options(given)}
-        else:
-            values[f.name] = given
-    return TrainConfig.from_dict(values)
-
-
-def run_train(args: Any) -> None:
-    cfg = train_config(args)
-    result = train(cfg, resume=not args.no_resume)
+def run_train(cfg: TrainConfig, resume: bool = True) -> None:
+    """Train (or resume) the run of ``cfg``, print its scores, and score its test split if it has one."""
+    result = train(cfg, resume=resume)
     if result:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result["scores"].items())
         print(f"{cfg.task} {cfg.eval_split}: {scores}; best {result['best']:.4g} at step {result['best_step']}")

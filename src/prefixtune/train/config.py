@@ -3,114 +3,97 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from prefixtune.core.config import ConfigError
+from prefixtune.core.config import ConfigError, check_type, option, unknown_option
 from prefixtune.data.sources import DataError
 from prefixtune.data.tasks import BUILTINS, TaskSpec
-from prefixtune.train.methods import train_method
 from prefixtune.extras import require
+from prefixtune.train.methods import MethodName, train_method
 
-
-DISTRIBUTED = ("ddp", "fsdp")  # TrainConfig.distributed (prefixtune.train.distributed)
 
 
 @dataclass
 class TrainConfig:
-    """A training run.
+    """A training run; saved as ``config.json`` in its run directory, which ``--config`` reads back.
 
-    Fields:
-        model: bundled name, local path or hub id of the base model.
-        task: built-in task (``e2e``, ``sst2``, ``rte``) or a name for a custom one.
-        data: file/directory/hub name for a custom task (or to override a built-in's data).
-        input_column, target_column, label_column, template: custom task columns; ``template``
-            formats the input (default ``"{<input_column>}\\n"`` for generation).
-        method: one of :data:`prefixtune.train.methods.TRAIN_METHODS`: ``prefix``, ``prompt``
-            (P-tuning with ``encoder``), ``ptuning_v2``, or the comparison baselines ``lora``
-            (PEFT) and ``full`` (full fine-tuning).
-        adapter: the method config's fields (e.g. ``{"prefix_length": 10}``).
-        steps: optimizer steps (the learning-rate schedule spans them).
-        max_seconds: wall-clock budget for the training steps (evaluation and checkpoints not
-            counted); the run ends after the step that reaches it. None = no budget.
-        batch_size: examples per step (across processes and accumulation).
-        grad_accum: micro-batches per step.
-        lr, weight_decay, warmup_ratio, max_grad_norm: AdamW, linear warmup then linear decay, clipping.
-        bf16: run the forward under bf16 autocast.
-        gradient_checkpointing: recompute layers in backward.
-        max_length: longest tokenized example (longer ones are truncated and counted).
-        train_limit, eval_limit: use only the first N training records / evaluation inputs.
-        train_sample_seed: with ``train_limit``, a random subset of that size drawn with this seed
-            instead of the first records (low-data experiments).
-        eval_every: evaluate (loss and task metric) every N steps; 0 = only at the end.
-        save_every: write a resumable checkpoint every N steps.
-        patience: stop after this many evaluations without improvement (None = never).
-        eval_split: split used for evaluation during training.
-        test_split, test_limit: after training, ``prefixtune train`` scores the best adapter on this
-            split (first ``test_limit`` inputs; None = all) and writes its scores and predictions.
-        max_new_tokens, num_beams, stop: decoding for generation metrics.
-        seed: seeds data order, init and dropout.
-        out: the run directory.
-        report_to: experiment trackers for the metrics (tensorboard, wandb, mlflow, ..., all; default none).
-            accelerate's trackers: also ``comet_ml``, ``aim``, ``clearml``, ``dvclive``, ``swanlab``,
-            ``trackio``; ``all`` = those installed. TensorBoard writes under ``<out>/trackers``. A
-            string is split at commas.
-        distributed: ``ddp`` (each process holds the whole model) or ``fsdp`` (the base sharded).
-            With ``fsdp`` the frozen base model's weights are split across the processes (adapter
-            methods only; see docs/training.md). One process ignores it.
+    Each field's help is beside it; ``prefixtune train --help`` shows them with their defaults and
+    choices (the options are generated from these fields). Values are checked against the field
+    types and the adapter options against the method's config when the config is made, so a bad
+    value is refused before anything loads.
     """
 
-    model: str = "smollm2-135m"
-    task: str = "e2e"
-    data: str | None = None
-    input_column: str | None = None
-    target_column: str | None = None
-    label_column: str | None = None
-    template: str | None = None
-    method: str = "prefix"
-    adapter: dict[str, Any] = field(default_factory=dict)
-    steps: int = 300
-    max_seconds: float | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    max_length: int = 160
-    train_limit: int | None = None
-    train_sample_seed: int | None = None
-    eval_limit: int | None = 100
-    eval_every: int = 100
-    save_every: int = 50
-    patience: int | None = None
-    eval_split: str = "dev"
-    test_split: str | None = None
-    test_limit: int | None = None
-    max_new_tokens: int = 60
-    num_beams: int = 1
-    stop: list[str] = field(default_factory=lambda: ["\n"])
-    seed: int = 0
-    out: str = "runs/run"
-    report_to: list[str] = field(default_factory=list)
-    distributed: str = "ddp"
+    model: str = option("smollm2-135m", "bundled name, local path or hub id of the base model")
+    task: str = option("e2e", "built-in task (e2e, sst2, rte) or a name for a custom one")
+    data: str | None = option(None, "file, directory or hub name of a custom task's data (or to override a "
+                                    "built-in task's)")
+    input_column: str | None = option(None, "custom task: the column holding the input text")
+    target_column: str | None = option(None, "custom generation task: the column holding the target text")
+    label_column: str | None = option(None, "custom classification task: the column holding the label")
+    template: str | None = option(None, "custom task: formats the input from the columns, e.g. 'Summarize: {src}\\n' "
+                                        "(default '{<input_column>}\\n' for generation)")
+    method: MethodName = option("prefix", "prefix, prompt (P-tuning with encoder=mlp|lstm), ptuning_v2, or the "
+                                          "comparison baselines lora (PEFT) and full (full fine-tuning)")
+    adapter: dict[str, Any] = option(help="the method config's options, e.g. {prefix_length: 10} (--set KEY=VALUE)",
+                                     factory=dict)
+    steps: int = option(300, "optimizer steps (the learning-rate schedule spans them)")
+    max_seconds: float | None = option(None, "wall-clock budget in seconds for the training steps (evaluation "
+                                             "and checkpoints not counted); the run ends after the step that "
+                                             "reaches it. None: no budget")
+    batch_size: int = option(8, "examples per optimizer step (across processes and accumulation)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(5e-4, "peak learning rate of AdamW (linear warmup, then linear decay)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "share of the steps with linearly rising learning rate")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this")
+    bf16: bool = option(False, "run the forward under bf16 autocast")
+    gradient_checkpointing: bool = option(False, "recompute the layers in the backward pass (less memory)")
+    max_length: int = option(160, "longest tokenized example; longer ones are truncated (and counted)")
+    train_limit: int | None = option(None, "use only the first N training records (None: all)")
+    train_sample_seed: int | None = option(None, "with train_limit: a random subset of that size drawn with this "
+                                                 "seed instead of the first records (low-data experiments)")
+    eval_limit: int | None = option(100, "evaluate on the first N inputs of eval_split (None: all)")
+    eval_every: int = option(100, "evaluate (loss and task metric) every N steps; 0: only at the end")
+    save_every: int = option(50, "write a resumable checkpoint every N steps")
+    patience: int | None = option(None, "stop after this many evaluations without improvement (None: never)")
+    eval_split: str = option("dev", "the split evaluated during training")
+    test_split: str | None = option(None, "after training, score the best adapter on this split and write its "
+                                          "scores and predictions (None: no test)")
+    test_limit: int | None = option(None, "score only the first N inputs of test_split (None: all)")
+    max_new_tokens: int = option(60, "decoding for generation metrics: the most tokens generated per input")
+    num_beams: int = option(1, "decoding for generation metrics: beam width (1: greedy)")
+    stop: list[str] = option(help="decoding for generation metrics: stop at any of these strings",
+                             factory=lambda: ["\n"])
+    seed: int = option(0, "seeds the data order, the initialization and dropout")
+    out: str = option("runs/run", "the run directory (config.json, metrics, checkpoints, adapters, scores)")
+    report_to: list[str] = option(help="experiment trackers for the metrics through accelerate: tensorboard, wandb, "
+                                       "mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, or all (those "
+                                       "installed); TensorBoard writes under <out>/trackers; none: no tracker",
+                                  factory=list)
+    distributed: Literal["ddp", "fsdp"] = option("ddp", "with several processes: ddp (each holds the whole model) or "
+                                                        "fsdp (the frozen base's weights sharded across them; "
+                                                        "adapter methods only; see docs/training.md)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # report_to: tensorboard,wandb in a file
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if isinstance(self.report_to, list):
+            self.report_to = [name for name in self.report_to if name != "none"]
+        hints = _field_types()
+        for f in dataclasses.fields(self):
+            check_type(getattr(self, f.name), hints[f.name], f.name)
         train_method(self.method)  # a known method, or a ConfigError listing them
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
-        if isinstance(self.report_to, str):  # --report-to tensorboard,wandb
-            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
-        self.report_to = [name for name in self.report_to if name != "none"]
-        if self.distributed not in DISTRIBUTED:
-            raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        check_adapter(self.method, self.adapter)
         if self.distributed == "fsdp" and train_method(self.method).baseline:
             raise ConfigError(f"--distributed fsdp shards a frozen base model; the {self.method} baseline trains "
                               "base-model weights: use ddp (or DeepSpeed, see docs/training.md)")
@@ -120,15 +103,39 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        extra = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ConfigError(f"a training config is a mapping of options, got {type(data).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        extra = sorted(map(str, set(data) - set(known)))
         if extra:
-            raise ConfigError(f"unknown training options {extra}; known: {sorted(known)}")
+            raise unknown_option(extra[0], known, "a training config")
         return cls(**data)
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(read_mapping(path))
+        """The config in a YAML or JSON file; a ConfigError naming the file for any bad value."""
+        try:
+            return cls.from_dict(read_mapping(path))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def check_adapter(method: str, adapter: dict[str, Any]) -> None:
+    """``adapter`` holds options of ``method``'s config (keys, types, and the config's own checks)."""
+    config_cls = train_method(method).config
+    options = config_cls.options()
+    for key, value in adapter.items():
+        if key in getattr(config_cls, "SUBCONFIGS", {}):
+            continue  # a whole sub-config, given as a mapping: the config checks it
+        if key not in options:
+            raise unknown_option(key, list(options), f"adapter: method {method}")
+        check_type(value, options[key].type, f"adapter.{key}")
+    config_cls(**adapter)
 
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
@@ -136,10 +143,15 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     text = Path(path).read_text()
     if str(path).endswith((".yaml", ".yml")):
         yaml = require("yaml", "train", "YAML config reading")
-
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options")
     return data

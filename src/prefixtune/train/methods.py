@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -42,6 +42,10 @@ TRAIN_METHODS: dict[str, TrainMethod] = {
     "lora": TrainMethod("lora", LoraConfig, TASK_KINDS, "baseline: LoRA through PEFT (pip install peft)", True),
     "full": TrainMethod("full", FullConfig, TASK_KINDS, "baseline: full fine-tuning of every weight", True),
 }
+
+
+#: ``TrainConfig.method``'s type: the names of :data:`TRAIN_METHODS` (``--method``'s choices)
+MethodName = Literal[tuple(TRAIN_METHODS)]  # type: ignore[valid-type]
 
 
 def train_method(name: str) -> TrainMethod:
