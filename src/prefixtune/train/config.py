@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.core.config import ConfigError
-from prefixtune.data.sources import DataError
-from prefixtune.data.tasks import BUILTINS, TaskSpec
+from prefixtune.data.builtins import BUILTINS
+from prefixtune.data.errors import DataError
+from prefixtune.data.sources import describe
+from prefixtune.data.spec import TaskSpec
 from prefixtune.train.methods import train_method
 from prefixtune.extras import require
 
@@ -23,9 +25,16 @@ class TrainConfig:
     Fields:
         model: bundled name, local path or hub id of the base model.
         task: built-in task (``e2e``, ``sst2``, ``rte``) or a name for a custom one.
-        data: file/directory/hub name for a custom task (or to override a built-in's data).
-        input_column, target_column, label_column, template: custom task columns; ``template``
-            formats the input (default ``"{<input_column>}\\n"`` for generation).
+        data: where a custom task's data is (or a built-in's other data): a CSV/TSV/JSON/JSONL/
+            Parquet file, a directory of ``train``/``dev``/``test`` files, a ``save_to_disk``
+            directory, a hub data set ``owner/name[:config][@revision]``, or, in Python, a
+            ``datasets.Dataset``/``DatasetDict`` (config.json then only describes it).
+        input_column, target_column, label_column, template: custom task columns (dotted paths
+            reach nested fields: ``answers.text``, ``refs.0``); ``template`` formats the input
+            (default ``"{<input_column>}\\n"`` for generation). A list-valued target trains on its
+            first element and scores against all of them.
+        references_column: generation: a column listing all references of the row's input
+            (multi-reference test sets with one row per input).
         method: one of :data:`prefixtune.train.methods.TRAIN_METHODS`: ``prefix``, ``prompt``
             (P-tuning with ``encoder``), ``ptuning_v2``, or the comparison baselines ``lora``
             (PEFT) and ``full`` (full fine-tuning).
@@ -55,11 +64,12 @@ class TrainConfig:
 
     model: str = "smollm2-135m"
     task: str = "e2e"
-    data: str | None = None
+    data: str | Any | None = None
     input_column: str | None = None
     target_column: str | None = None
     label_column: str | None = None
     template: str | None = None
+    references_column: str | None = None
     method: str = "prefix"
     adapter: dict[str, Any] = field(default_factory=dict)
     steps: int = 300
@@ -97,7 +107,10 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as JSON-ready values (an in-memory ``data`` set becomes its description)."""
+        values = dataclasses.asdict(dataclasses.replace(self, data=None))  # asdict would deep-copy a data set
+        values["data"] = describe(self.data)
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -128,7 +141,8 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
 
 def task_spec(cfg: TrainConfig) -> TaskSpec:
     """The built-in task, or one described by the config's columns."""
-    if cfg.task in BUILTINS and not (cfg.input_column or cfg.label_column or cfg.target_column):
+    if cfg.task in BUILTINS and not (cfg.input_column or cfg.label_column or cfg.target_column
+                                     or cfg.references_column):
         return BUILTINS[cfg.task]
     if cfg.label_column:
         template = cfg.template or "{" + (cfg.input_column or "text") + "}"
@@ -138,4 +152,5 @@ def task_spec(cfg: TrainConfig) -> TaskSpec:
         raise DataError(f"task {cfg.task!r} is not built in: give --input-column (or --template) and "
                         "--target-column for generation, or --label-column for classification")
     template = cfg.template or "{" + cfg.input_column + "}\n"
-    return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column)
+    return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column,
+                    references_column=cfg.references_column)
