@@ -25,10 +25,9 @@ class TrainConfig:
     Fields:
         model: bundled name, local path or hub id of the base model.
         task: built-in task (``e2e``, ``sst2``, ``rte``) or a name for a custom one.
-        data: where a custom task's data is (or a built-in's other data): a CSV/TSV/JSON/JSONL/
-            Parquet file, a directory of ``train``/``dev``/``test`` files, a ``save_to_disk``
-            directory, a hub data set ``owner/name[:config][@revision]``, or, in Python, a
-            ``datasets.Dataset``/``DatasetDict`` (config.json then only describes it).
+        data: a data file, directory, save_to_disk directory or hub name owner/name[:config][@revision]
+            (for a custom task, or instead of a built-in's data; docs/training.md#data); in Python
+            also a ``datasets.Dataset``/``DatasetDict`` (config.json then only describes it).
         input_column, target_column, label_column, template: custom task columns (dotted paths
             reach nested fields: ``answers.text``, ``refs.0``); ``template`` formats the input
             (default ``"{<input_column>}\\n"`` for generation). A list-valued target trains on its
