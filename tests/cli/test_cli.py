@@ -105,6 +105,21 @@ def test_missing_column_is_named(tiny_dir, tmp_path):
     assert "column 'q'" in r.stderr and "['answer', 'question']" in r.stderr
 
 
+def test_a_built_in_task_without_data_offline_says_where_the_data_goes(tiny_dir, tmp_path):
+    """No local copy (no $PREFIXTUNE_DATA, no ../shared/data from here) and the hub switched off."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFIXTUNE_DATA"}
+    env.update(TQDM_DISABLE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path / "c"))
+    (tmp_path / "work").mkdir()
+    r = subprocess.run([sys.executable, "-m", "prefixtune.cli", "train", "--model", str(tiny_dir), "--task", "e2e",
+                        "--steps", "1", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=600,
+                       env=env, cwd=tmp_path / "work")
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prefixtune: error: task 'e2e' has no data: no folder "
+                                                   f"{tmp_path / 'shared' / 'data' / 'e2e'}"), r.stderr[-2000:]
+    assert "Put train.csv, dev.csv and test.csv with columns mr, ref" in lines[0]
+
+
 def test_adapter_for_another_model_is_refused(tiny_dir, e2e_dir, tmp_path):
     import prefixtune as pt
     from tiny import tiny_model

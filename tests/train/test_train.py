@@ -408,7 +408,7 @@ def test_trimmed_logits_give_the_same_loss(tiny_dir, method):
 
 
 def test_task_spec_from_columns():
-    from prefixtune.data.sources import DataError
+    from prefixtune.data.errors import DataError
     from prefixtune.train.loop import task_spec
 
     e2e = task_spec(TrainConfig(task="e2e"))
@@ -425,7 +425,11 @@ def test_task_spec_from_columns():
     named = task_spec(TrainConfig(task="topic", label_column="topic", input_column="body"))
     assert (named.template, named.text_columns) == ("{body}", ("body",))
     assert task_spec(TrainConfig(task="topic", label_column="y", template="{a} {b}")).text_columns == ()
-    for bad in (dict(input_column="q"), dict(target_column="a"), {}):
+    refs = task_spec(TrainConfig(task="e2e-gem", input_column="meaning_representation", target_column="target",
+                                 references_column="references"))
+    assert (refs.template, refs.target_column, refs.references_column) == ("{meaning_representation}\n", "target",
+                                                                            "references")
+    for bad in (dict(input_column="q"), dict(target_column="a"), dict(references_column="r"), {}):
         with pytest.raises(DataError, match="not built in"):
             task_spec(TrainConfig(task="custom", **bad))
 
@@ -463,6 +467,24 @@ def test_train_config_takes_what_it_always_took():
     TrainConfig(method="prompt", adapter={"num_virtual_tokens": 3, "num_labels": None, "pooling": "mean"})
     TrainConfig(method="ptuning_v2", adapter={"head": {"num_labels": 3}, "prefix_length": 4})
     TrainConfig(method="lora", adapter={"r": 4, "target_modules": ["q_proj"]})
+
+
+def test_training_on_a_datasets_object_equals_training_on_its_files(tiny_dir, e2e_dir, tmp_path):
+    """In Python, ``data`` may be a DatasetDict: the same adapter as from the files it was made of, and a
+    config.json that records what it was (the object itself cannot go into JSON)."""
+    import datasets
+
+    from prefixtune.data.files import read_file
+
+    given = datasets.DatasetDict({"train": datasets.Dataset.from_list(read_file(e2e_dir / "train.csv")),
+                                  "validation": datasets.Dataset.from_list(read_file(e2e_dir / "dev.csv"))})
+    for name, data in (("files", str(e2e_dir)), ("object", given)):
+        train(config(tiny_dir, e2e_dir, tmp_path / name, data=data, steps=2, eval_every=0, save_every=10,
+                     eval_limit=2))
+    files, obj = (adapter_state(tmp_path / name, tiny_dir) for name in ("files", "object"))
+    assert files.keys() == obj.keys() and all(torch.equal(files[k], obj[k]) for k in files)
+    saved = json.loads((tmp_path / "object" / "config.json").read_text())["data"]
+    assert saved.startswith("<in-memory datasets object: DatasetDict")
 
 
 @pytest.fixture(scope="module")

@@ -1,67 +1,121 @@
-"""Reading records (dicts of column -> string) from CSV, TSV, JSONL or Hugging Face datasets."""
+"""Records (dicts of column -> value) of one split of a data source.
+
+A source is one of:
+
+* a file: ``.csv``, ``.tsv``, ``.json``, ``.jsonl`` or ``.parquet`` (read through ``datasets``,
+  see :mod:`prefixtune.data.files`); a single file serves every split;
+* a directory written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``;
+* a directory holding ``{split}.<ext>`` files (or ``{split}/`` ``save_to_disk`` directories);
+* in Python, a ``datasets.Dataset`` (serves every split) or ``datasets.DatasetDict``;
+* a hub data set ``owner/name[:config][@revision]`` (see :mod:`prefixtune.data.hub`).
+
+Split names have aliases: asking for ``dev`` finds ``validation`` (or ``valid``, ``val``) and the
+other way round, in directories, ``DatasetDict``s and hub data sets alike.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from prefixtune.extras import require
+from prefixtune.data.errors import DataError
+from prefixtune.data.files import EXTENSIONS, datasets_library, quiet, read_file
+from prefixtune.data.hub import load_hub, parse_hub_name
 
-EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json")
+__all__ = ["DataError", "IN_MEMORY", "describe", "read_records", "split_names"]
+
+#: names that mean the same split, tried in this order after the one asked for
+SPLIT_ALIASES = (("dev", "validation", "valid", "val"),)
+#: how a ``datasets`` object passed in Python is recorded in a run's config.json
+IN_MEMORY = "<in-memory datasets object"
 
 
-class DataError(ValueError):
-    """Input data cannot be read or lacks what the task needs; the message names file and fix."""
+def split_names(split: str) -> list[str]:
+    """``split`` and then its aliases: ``"dev"`` -> ``["dev", "validation", "valid", "val"]``."""
+    for group in SPLIT_ALIASES:
+        if split in group:
+            return [split] + [s for s in group if s != split]
+    return [split]
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".csv", ".tsv"):
-            with open(path, newline="", encoding="utf-8") as f:
-                # GLUE TSVs contain stray quote characters: TSV is read without quoting
-                reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv" else csv.DictReader(f)
-                rows = list(reader)
-        elif suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-        elif suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            rows = data if isinstance(data, list) else data.get("data", [])
-        else:
-            raise DataError(f"{path}: unsupported file type {suffix!r}; use one of {', '.join(EXTENSIONS)}")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: cannot read it ({e})") from None
+def _pick_split(splits: Mapping[str, Any], split: str, where: str) -> Any:
+    for name in split_names(split):
+        if name in splits:
+            return splits[name]
+    raise DataError(f"{where}: no split {split!r} (it has {sorted(splits)}); ask for one of those")
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _records_of(dataset: Any, split: str, where: str) -> list[dict[str, Any]]:
+    """Rows of a ``Dataset``, or of the ``split`` of a ``DatasetDict`` (or any mapping of splits)."""
+    datasets = datasets_library()
+    if isinstance(dataset, (datasets.DatasetDict, Mapping)):
+        dataset = _pick_split(dataset, split, where)
+    if not isinstance(dataset, datasets.Dataset):
+        raise DataError(f"{where}: not a data source ({type(dataset).__name__}); give a datasets.Dataset or "
+                        "DatasetDict (an IterableDataset: materialize it with Dataset.from_list(list(...)))")
+    rows = dataset.to_list()
     if not rows:
-        raise DataError(f"{path}: no rows")
-    return [dict(r) for r in rows]
+        raise DataError(f"{where}: no rows")
+    return rows
 
 
-def read_records(source: str | Path, split: str = "train") -> list[dict[str, Any]]:
-    """Rows of ``source``: a file, a directory holding ``{split}.csv/.tsv/.jsonl/.json``, or a
-    Hugging Face ``datasets`` name (read with ``datasets.load_dataset``; the hub needs a network).
+def _read_directory(path: Path, split: str) -> list[dict[str, Any]]:
+    if _is_saved_dataset(path):
+        datasets = datasets_library()
+        with quiet(datasets):
+            saved = datasets.load_from_disk(str(path))
+        return _records_of(saved, split, f"{path} [{split}]")
+    for name in split_names(split):
+        found = [path / f"{name}{ext}" for ext in EXTENSIONS if (path / f"{name}{ext}").is_file()]
+        if _is_saved_dataset(path / name):
+            found.append(path / name)
+        if len(found) > 1:
+            raise DataError(f"{path}: both {found[0].name} and {found[1].name} could be the {split!r} split; "
+                            "keep one of them")
+        if found:
+            return _read_directory(found[0], split) if found[0].is_dir() else read_file(found[0])
+    tried = ", ".join(f"{n}{{{','.join(EXTENSIONS)}}}" for n in split_names(split))
+    raise DataError(f"{path}: no {split!r} split in this directory (looked for {tried}, a {split}/ directory "
+                    "written by save_to_disk, or a save_to_disk data set in the directory itself)")
+
+
+def describe(source: Any) -> str | None:
+    """How a run's ``config.json`` records ``source``: itself if it is a path or a name, else a
+    description of the in-memory ``datasets`` object (JSON cannot hold the object)."""
+    if source is None or isinstance(source, str):
+        return source
+    if isinstance(source, os.PathLike):
+        return os.fspath(source)
+    shape = getattr(source, "shape", None)
+    return f"{IN_MEMORY}: {type(source).__name__} {shape}>"
+
+
+def read_records(source: str | os.PathLike | Any, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of ``split`` of ``source`` (see the module docstring for what a source can be).
+
+    Values keep the types the source gives: strings from CSV/TSV; numbers, lists and nested
+    dicts from JSON, Parquet and ``datasets`` objects.
 
     Raises:
-        DataError: nothing readable there (the message lists what was tried).
+        DataError: nothing readable there, no such split, no rows (the message says what was tried).
+        HubUnavailable: (a DataError) a hub name, and the hub could not be reached.
     """
-    path = Path(source)
+    if not isinstance(source, (str, os.PathLike)):
+        return _records_of(source, split, f"the {type(source).__name__} given [{split}]")
+    if str(source).startswith(IN_MEMORY):
+        raise DataError(f"{source}: this run read a datasets object passed in Python, which config.json cannot "
+                        "hold; save it with .save_to_disk(DIR) and give DIR as the data")
+    path = Path(source).expanduser()
     if path.is_file():
-        return _read_file(path)
+        return read_file(path)
     if path.is_dir():
-        for ext in EXTENSIONS:
-            candidate = path / f"{split}{ext}"
-            if candidate.is_file():
-                return _read_file(candidate)
-        raise DataError(f"{path}: no {split}.csv, {split}.tsv, {split}.jsonl or {split}.json in this directory")
-    if "/" in str(source) and not str(source).startswith((".", "/")) or not path.suffix:
-        try:
-            datasets = require("datasets", "datasets", "hub data sets")
-
-            ds = datasets.load_dataset(str(source), split=split)
-        except Exception as e:  # datasets raises many types (offline, missing split, ...)
-            raise DataError(f"{source}: not a local file or directory, and the datasets hub gave: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-        return [dict(r) for r in ds]
-    raise DataError(f"{source}: no such file or directory")
+        return _read_directory(path, split)
+    hub = parse_hub_name(str(source))
+    if hub is None:
+        raise DataError(f"{source}: no such file or directory")
+    return _records_of(load_hub(hub), split, f"{hub} [{split}]")

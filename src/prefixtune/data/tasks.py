@@ -1,55 +1,25 @@
-"""Tasks: which columns make the input, the target or the label, and the built-in ones.
+"""Tasks: examples of one split of a task, read from its data (local, given, or the hub).
 
-Built-ins ``e2e`` (table-to-text), ``sst2`` and ``rte`` (classification) read
-``../shared/data/<name>/`` (or ``$PREFIXTUNE_DATA/<name>``, or ``data_dir``) when present and
-otherwise the public hub copies.
+:func:`load_task` reads the records (:mod:`prefixtune.data.sources`), maps a built-in's hub
+layout to its own (:mod:`prefixtune.data.builtins`), and turns each record into an
+:class:`Example` as the :class:`TaskSpec` says (columns by dotted path, :mod:`prefixtune.data.fields`).
 """
 
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from prefixtune.data.sources import DataError, read_records
+from prefixtune.data.builtins import BUILTINS, find_shared_data, local_copy, missing_data_error, to_task_columns
+from prefixtune.data.errors import DataError
+from prefixtune.data.fields import field_value, format_template, scalar, texts
+from prefixtune.data.hub import HubUnavailable
+from prefixtune.data.sources import read_records
+from prefixtune.data.spec import KINDS, HubSource, TaskSpec
 
-KINDS = ("generation", "classification")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """How records become examples.
-
-    Fields:
-        name: task name (for run directories and reports).
-        kind: ``"generation"`` or ``"classification"``.
-        template: the input text, formatted with the record's columns, e.g. ``"{mr}\\n"``.
-        target_column: generation: the column holding the target text.
-        label_column: classification: the column holding the label.
-        labels: classification: label values in id order (empty: sorted values seen in training data).
-        text_columns: classification: one column, or two for sentence pairs (used instead of the
-            template when given, so the tokenizer can mark the pair).
-        hub: the public ``datasets`` name used when no local copy exists.
-    """
-
-    name: str
-    kind: str
-    template: str = "{text}"
-    target_column: str | None = None
-    label_column: str | None = None
-    labels: tuple[str, ...] = ()
-    text_columns: tuple[str, ...] = ()
-    hub: str | None = None
-
-
-BUILTINS: dict[str, TaskSpec] = {
-    "e2e": TaskSpec("e2e", "generation", template="{mr}\n", target_column="ref", hub="GEM/e2e_nlg"),
-    "sst2": TaskSpec("sst2", "classification", label_column="label", labels=("0", "1"),
-                     text_columns=("sentence",), hub="glue/sst2"),
-    "rte": TaskSpec("rte", "classification", label_column="label", labels=("entailment", "not_entailment"),
-                    text_columns=("sentence1", "sentence2"), hub="glue/rte"),
-}
+__all__ = ["BUILTINS", "Example", "HubSource", "KINDS", "Task", "TaskSpec", "find_shared_data", "load_task"]
 
 
 @dataclass
@@ -67,7 +37,9 @@ class Task:
 
     Attributes:
         references: generation: input text -> all its references, in order of first appearance
-            (several rows sharing an input, as in E2E, become one multi-reference test input).
+            (several rows sharing an input, as in E2E, become one multi-reference test input;
+            with :attr:`TaskSpec.references_column` or list-valued targets, the first row's list,
+            plus what later rows with the same input list and it lacks).
     """
 
     spec: TaskSpec
@@ -81,86 +53,108 @@ class Task:
         return list(self.references)
 
 
-def find_shared_data(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The shared data folder, if there is one: ``data_dir``, ``$PREFIXTUNE_DATA``, or ``../shared/data``."""
-    here = Path(__file__).resolve()
-    for c in (data_dir, os.environ.get("PREFIXTUNE_DATA"), Path.cwd() / ".." / "shared" / "data",
-              here.parents[4] / "shared" / "data" if len(here.parents) > 4 else None):
-        if c and Path(c).is_dir():
-            return Path(c)
-    return None
-
-
-def _format(template: str, record: dict[str, Any], source: str) -> str:
+def _read(spec: TaskSpec, split: str, data: Any, data_dir: str | os.PathLike | None) -> tuple[list[dict], str]:
+    """The split's records and a name of where they came from, for messages."""
+    if data is not None:
+        return read_records(data, split), str(data) if isinstance(data, (str, os.PathLike)) else type(data).__name__
+    local = local_copy(spec.name, data_dir)
+    if local is not None:
+        return read_records(local, split), str(local)
+    if spec.hub is None:
+        raise missing_data_error(spec, data_dir, None)
     try:
-        return template.format(**{k: "" if v is None else v for k, v in record.items()})
-    except KeyError as e:
-        raise DataError(f"{source}: the template {template!r} uses column {e.args[0]!r}, "
-                        f"but the data has columns {sorted(record)}") from None
+        return read_records(spec.hub.name, split), spec.hub.name
+    except HubUnavailable as e:
+        raise missing_data_error(spec, data_dir, e.reason) from None
 
 
-def _column(record: dict[str, Any], name: str, source: str) -> Any:
-    if name not in record:
-        raise DataError(f"{source}: no column {name!r} (columns: {sorted(record)}); set the right column option")
-    return record[name]
+def _subset(records: list[dict], limit: int | None, sample_seed: int | None) -> list[dict]:
+    if limit is not None and sample_seed is not None and limit < len(records):
+        keep = sorted(random.Random(sample_seed).sample(range(len(records)), limit))
+        return [records[i] for i in keep]
+    return records if limit is None else records[:limit]
 
 
-def load_task(task: str | TaskSpec, split: str = "train", data: str | os.PathLike | None = None,
+def _listed_references(spec: TaskSpec, record: dict, where: str) -> list[str] | None:
+    """The row's :attr:`TaskSpec.references_column` as texts; None without one, or for an empty list or null."""
+    if not spec.references_column:
+        return None
+    value = field_value(record, spec.references_column, where)
+    if value is None or isinstance(value, (list, tuple)) and not value:
+        return None
+    return texts(value, spec.references_column, where)
+
+
+def _generation(spec: TaskSpec, records: list[dict], where: str) -> tuple[list[Example], dict[str, list[str]]]:
+    examples: list[Example] = []
+    references: dict[str, list[str]] = {}
+    for r in records:
+        text = format_template(spec.template, r, where)
+        value = field_value(r, spec.target_column, where)
+        targets = texts(value, spec.target_column, where)
+        examples.append(Example(text, target=targets[0]))
+        refs = references.setdefault(text, [])
+        listed = _listed_references(spec, r, where) or (targets if isinstance(value, (list, tuple)) else None)
+        if listed is None:
+            refs.append(targets[0])  # one row per reference (E2E's files): each row adds its own
+        else:  # the row lists them all: later rows with the same input add only what is new
+            refs.extend([t for t in listed if t not in refs] if refs else listed)
+    return examples, references
+
+
+def _classification(spec: TaskSpec, records: list[dict], where: str) -> tuple[TaskSpec, list[Example]]:
+    def value(r: dict, column: str) -> str:
+        return str(scalar(field_value(r, column, where), column, where))
+
+    labels = list(spec.labels)
+    if not labels:
+        labels = sorted({value(r, spec.label_column) for r in records})
+        spec = replace(spec, labels=tuple(labels))
+    index = {name: i for i, name in enumerate(labels)}
+    examples = []
+    for r in records:
+        label = value(r, spec.label_column)
+        if label not in index:
+            raise DataError(f"{where}: label {label!r} is not one of {labels}")
+        if spec.text_columns:
+            parts = tuple(value(r, c) for c in spec.text_columns)
+            text: str | tuple[str, str] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
+        else:
+            text = format_template(spec.template, r, where)
+        examples.append(Example(text, label=index[label]))
+    return spec, examples
+
+
+def load_task(task: str | TaskSpec, split: str = "train", data: Any = None,
               data_dir: str | os.PathLike | None = None, limit: int | None = None,
               sample_seed: int | None = None) -> Task:
     """Examples of ``task`` (a built-in name or a :class:`TaskSpec`) for ``split``.
 
     Args:
-        data: where to read from (file, directory or hub name); default: the built-in's local
-            copy, else its hub copy.
+        split: ``train``, ``dev`` (also found as ``validation``), ``test``, or any split the data has.
+        data: where to read from: a file, a directory, a hub name ``owner/name[:config][@revision]``,
+            or a ``datasets.Dataset``/``DatasetDict`` (:func:`prefixtune.data.sources.read_records`);
+            default: the task's local copy (:mod:`prefixtune.data.builtins` lists where it is
+            looked for), else its hub copy.
+        data_dir: a folder holding ``<task name>/``, searched before ``$PREFIXTUNE_DATA``.
         limit: keep the first ``limit`` records.
         sample_seed: with ``limit``, keep a random sample of ``limit`` records drawn with this
             seed instead (in file order), e.g. for low-data experiments with several subsets.
+
+    Raises:
+        DataError: no data (the message says where it goes), or data that does not fit the task.
     """
     spec = BUILTINS.get(task) if isinstance(task, str) else task
     if spec is None:
         raise DataError(f"unknown task {task!r}: built-ins are {sorted(BUILTINS)}; or describe the columns "
                         "(--input-column/--target-column or --label-column)")
-    source = data
-    if source is None:
-        shared = find_shared_data(data_dir)
-        local = shared / spec.name if shared is not None else None
-        source = local if local is not None and local.is_dir() else spec.hub
-    if source is None:
-        raise DataError(f"task {spec.name!r} needs data: pass a file or directory")
-    records = read_records(source, split)
-    if limit is not None and sample_seed is not None and limit < len(records):
-        import random
-
-        keep = sorted(random.Random(sample_seed).sample(range(len(records)), limit))
-        records = [records[i] for i in keep]
-    elif limit is not None:
-        records = records[:limit]
-    where = f"{source} [{split}]"
-    examples: list[Example] = []
-    references: dict[str, list[str]] = {}
-    if spec.kind == "generation":
-        for r in records:
-            text = _format(spec.template, r, where)
-            target = str(_column(r, spec.target_column, where))
-            examples.append(Example(text, target=target))
-            references.setdefault(text, []).append(target)
-    elif spec.kind == "classification":
-        labels = list(spec.labels)
-        if not labels:
-            labels = sorted({str(_column(r, spec.label_column, where)) for r in records})
-            spec = replace(spec, labels=tuple(labels))
-        index = {name: i for i, name in enumerate(labels)}
-        for r in records:
-            value = str(_column(r, spec.label_column, where))
-            if value not in index:
-                raise DataError(f"{where}: label {value!r} is not one of {labels}")
-            if spec.text_columns:
-                parts = tuple(str(_column(r, c, where)) for c in spec.text_columns)
-                text: str | tuple[str, str] = parts[0] if len(parts) == 1 else (parts[0], parts[1])
-            else:
-                text = _format(spec.template, r, where)
-            examples.append(Example(text, label=index[value]))
-    else:
+    if spec.kind not in KINDS:
         raise DataError(f"task kind must be one of {KINDS}, got {spec.kind!r}")
-    return Task(spec, split, examples, references)
+    records, source = _read(spec, split, data, data_dir)
+    where = f"{source} [{split}]"
+    records = to_task_columns(spec, _subset(records, limit, sample_seed), where)
+    if spec.kind == "generation":
+        examples, references = _generation(spec, records, where)
+        return Task(spec, split, examples, references)
+    spec, examples = _classification(spec, records, where)
+    return Task(spec, split, examples)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from prefixtune.core.config import ConfigError, check_type, option, unknown_option
-from prefixtune.data.sources import DataError
-from prefixtune.data.tasks import BUILTINS, TaskSpec
+from prefixtune.data.builtins import BUILTINS
+from prefixtune.data.errors import DataError
+from prefixtune.data.sources import describe
+from prefixtune.data.spec import TaskSpec
 from prefixtune.extras import require
 from prefixtune.train.methods import MethodName, train_method
 
@@ -30,13 +33,19 @@ class TrainConfig:
 
     model: str = option("smollm2-135m", "bundled name, local path or hub id of the base model")
     task: str = option("e2e", "built-in task (e2e, sst2, rte) or a name for a custom one")
-    data: str | None = option(None, "file, directory or hub name of a custom task's data (or to override a "
-                                    "built-in task's)")
-    input_column: str | None = option(None, "custom task: the column holding the input text")
-    target_column: str | None = option(None, "custom generation task: the column holding the target text")
+    data: str | None = option(None, "a data file (csv, tsv, json, jsonl, parquet), a directory of split files, "
+                                    "a save_to_disk directory or a hub name owner/name[:config][@revision], for a "
+                                    "custom task or instead of a built-in's data (docs/training.md#data); in Python "
+                                    "also a datasets.Dataset/DatasetDict")
+    input_column: str | None = option(None, "custom task: the column holding the input text (a dotted path "
+                                            "reaches a nested field: question.text)")
+    target_column: str | None = option(None, "custom generation task: the column holding the target text (a list: "
+                                             "trains on its first element, scores against all)")
     label_column: str | None = option(None, "custom classification task: the column holding the label")
     template: str | None = option(None, "custom task: formats the input from the columns, e.g. 'Summarize: {src}\\n' "
                                         "(default '{<input_column>}\\n' for generation)")
+    references_column: str | None = option(None, "custom generation task: a column listing all references of the "
+                                                 "row's input (multi-reference sets with one row per input)")
     method: MethodName = option("prefix", "prefix, prompt (P-tuning with encoder=mlp|lstm), ptuning_v2, or the "
                                           "comparison baselines lora (PEFT) and full (full fine-tuning)")
     adapter: dict[str, Any] = option(help="the method config's options, e.g. {prefix_length: 10} (--set KEY=VALUE)",
@@ -84,8 +93,12 @@ class TrainConfig:
             self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
         if isinstance(self.report_to, list):
             self.report_to = [name for name in self.report_to if name != "none"]
+        if isinstance(self.data, os.PathLike):
+            self.data = os.fspath(self.data)
         hints = _field_types()
         for f in dataclasses.fields(self):
+            if f.name == "data" and type(self.data).__name__ in ("Dataset", "DatasetDict"):
+                continue  # an in-memory datasets object, in Python (config.json records its description)
             check_type(getattr(self, f.name), hints[f.name], f.name)
         train_method(self.method)  # a known method, or a ConfigError listing them
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
@@ -99,7 +112,10 @@ class TrainConfig:
                               "base-model weights: use ddp (or DeepSpeed, see docs/training.md)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as JSON-ready values (an in-memory ``data`` set becomes its description)."""
+        values = dataclasses.asdict(dataclasses.replace(self, data=None))  # asdict would deep-copy a data set
+        values["data"] = describe(self.data)
+        return values
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
@@ -159,7 +175,8 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
 
 def task_spec(cfg: TrainConfig) -> TaskSpec:
     """The built-in task, or one described by the config's columns."""
-    if cfg.task in BUILTINS and not (cfg.input_column or cfg.label_column or cfg.target_column):
+    if cfg.task in BUILTINS and not (cfg.input_column or cfg.label_column or cfg.target_column
+                                     or cfg.references_column):
         return BUILTINS[cfg.task]
     if cfg.label_column:
         template = cfg.template or "{" + (cfg.input_column or "text") + "}"
@@ -169,4 +186,5 @@ def task_spec(cfg: TrainConfig) -> TaskSpec:
         raise DataError(f"task {cfg.task!r} is not built in: give --input-column (or --template) and "
                         "--target-column for generation, or --label-column for classification")
     template = cfg.template or "{" + cfg.input_column + "}\n"
-    return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column)
+    return TaskSpec(cfg.task, "generation", template=template, target_column=cfg.target_column,
+                    references_column=cfg.references_column)
