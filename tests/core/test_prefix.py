@@ -7,7 +7,7 @@ import torch
 
 import prefixtune as pt
 from prefixtune.core.layout import LocationShape, ModelLayout
-from prefixtune.core.prefix import DirectPrefix, MLPPrefix, PrefixStack
+from prefixtune.core.prefix import DirectPrefix, MLPPrefix
 from prefixtune.methods.prefix import build_prefix
 from tiny import tiny_model, token_ids
 

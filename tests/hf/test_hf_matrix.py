@@ -8,7 +8,7 @@ import torch
 import prefixtune as pt
 from prefixtune.core.batch import PrefixBatch
 from oracle import oracle_copy
-from tiny import DECODERS, ENCODERS, FAMILIES, SEQ2SEQ, pad_token, tiny_model, token_ids
+from tiny import FAMILIES, SEQ2SEQ, pad_token, tiny_model, token_ids
 
 L = 3  # prefix length
 

@@ -10,7 +10,6 @@ bare row), or the bank's refusal where it does not serve the adapter.
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -14,7 +13,6 @@ import pytest
 import torch
 import transformers as T
 
-from prefixtune.bundled.models import resolve
 from prefixtune.io.checkpoint import load_parts
 from prefixtune.hf.boundary import describe
 from prefixtune.train.config import TrainConfig

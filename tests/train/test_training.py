@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import prefixtune as pt
-from tiny import DECODERS, ENCODERS, FAMILIES, SEQ2SEQ, tiny_model, token_ids
+from tiny import ENCODERS, FAMILIES, SEQ2SEQ, tiny_model, token_ids
 
 
 def batch(family, rows=2, n=6):

@@ -12,11 +12,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from prefixtune.io.card import CARD_NAME
+from prefixtune.io.checkpoint import ADAPTER_NAME, CONFIG_NAME, TRAINABLE_NAME
 from prefixtune.io.files import CheckpointError
+from prefixtune.io.module_state import STATE_FILE
+from prefixtune.io.peft import PEFT_CONFIG, PEFT_WEIGHTS
 
 #: the files any adapter directory we read may hold (ours, PEFT's, Trainer's module state, the card)
-ADAPTER_FILES = ["prefixtune_config.json", "adapter.safetensors", "trainable.safetensors", "adapter_config.json",
-                 "adapter_model.safetensors", "model.safetensors", "README.md"]
+ADAPTER_FILES = [CONFIG_NAME, ADAPTER_NAME, TRAINABLE_NAME, PEFT_CONFIG, PEFT_WEIGHTS, STATE_FILE, CARD_NAME]
 
 
 def local_or_download(path_or_id: str | os.PathLike, revision: str | None = None, token: str | bool | None = None,

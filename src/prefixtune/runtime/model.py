@@ -9,7 +9,6 @@ for every row (the bank's one-adapter case).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
