@@ -7,12 +7,13 @@ import sys
 
 from prefixtune.cli.logs import LEVELS, configure_logging
 from prefixtune.cli.options import Parser, UsageError
+from prefixtune.train.guard import DivergedError
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``prefixtune`` with ``argv`` (default: the command line's); returns the exit status: 0
     (also after ``--help``), 2 after a command line that does not parse, a bad value or a missing
-    file, each printed as one line ``prefixtune: error: ...``."""
+    file, 1 after a training run that diverged; each printed as one line ``prefixtune: error: ...``."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         args = parse_args(argv)
@@ -24,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"prefixtune: error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:  # the options were valid, the run failed: exit 1
+        print(f"prefixtune: error: {e}", file=sys.stderr)
+        return 1
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0
 

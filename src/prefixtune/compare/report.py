@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.train.config import task_spec
+from prefixtune.train.rundir import read_metrics
 from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
 from prefixtune.compare.runner import is_finished, run_dir
 from prefixtune.extras import require
@@ -27,16 +28,14 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
     split = spec.config.test_split or spec.config.eval_split
     scores = json.loads((d / f"scores-{split}.json").read_text()) if spec.config.test_split else result["scores"]
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    metrics = d / "metrics.jsonl"
-    if metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            r = json.loads(line)
-            if "train_loss" in r:
+    for r in read_metrics(d / "metrics.jsonl"):
+        if "train_loss" in r:
+            if r["train_loss"] is not None:
                 curves["train_loss"].append((r["step"], r["train_loss"]))
-            elif "split" in r:
-                for k, v in r.items():
-                    if isinstance(v, (int, float)) and k != "step":
-                        curves[f"eval_{k}"].append((r["step"], v))
+        elif "split" in r:
+            for k, v in r.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    curves[f"eval_{k}"].append((r["step"], v))
     seconds = result.get("train_seconds") or float("nan")
     return {"name": spec.name, "group": spec.group, "part": spec.part, "method": spec.method, "labels": spec.labels,
             "split": split,

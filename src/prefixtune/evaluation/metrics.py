@@ -9,6 +9,7 @@ reported only when ``nltk``'s WordNet corpus is already installed.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from typing import Sequence
@@ -115,14 +116,29 @@ def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> f
     return 100.0 * sum(best) / len(best)
 
 
-def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
-    """METEOR (0-100) if nltk and its WordNet data are installed, else None."""
-    try:
-        from nltk.translate.meteor_score import meteor_score
+@functools.cache
+def wordnet_available() -> bool:
+    """Whether nltk and its WordNet data are installed (probed once: METEOR is always or never reported).
 
-        scores = [meteor_score([_tok(r) for r in refs], _tok(h)) for h, refs in zip(hypotheses, references)]
+    nltk reads WordNet lazily, only when a hypothesis word has no exact or stem match, so trying
+    METEOR and catching the lookup error would report it for some inputs and not for others.
+    """
+    try:
+        from nltk.corpus import wordnet
+
+        wordnet.synsets("dog")
     except (ImportError, LookupError):
+        return False
+    return True
+
+
+def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
+    """METEOR (0-100) if nltk and its WordNet data are installed (:func:`wordnet_available`), else None."""
+    if not wordnet_available():
         return None
+    from nltk.translate.meteor_score import meteor_score
+
+    scores = [meteor_score([_tok(r) for r in refs], _tok(h)) for h, refs in zip(hypotheses, references)]
     return 100.0 * sum(scores) / len(scores)
 
 

@@ -4,23 +4,32 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefixtune.bundled.models import load_model
+from prefixtune.data.spec import TaskSpec
 from prefixtune.data.tasks import load_task
 from prefixtune.evaluation.evaluate import evaluate, generate_texts
-from prefixtune.io.files import atomic_write
+from prefixtune.io.files import CheckpointError, atomic_write
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.loop import train
 from prefixtune.train.methods import load_trained, model_task
+from prefixtune.train.rundir import LABELS
+
+log = logging.getLogger(__name__)
 
 
 def run_train(cfg: TrainConfig, resume: bool = True) -> None:
     """Train (or resume) the run of ``cfg``, print its scores, and score its test split if it has one."""
     result = train(cfg, resume=resume)
-    if result:
+    if result.get("already_complete"):
+        print(f"{cfg.out}: already trained ({result['steps_done']} steps); best {result['best']:.4g} at step "
+              f"{result['best_step']} (prefixtune eval --run {cfg.out} scores it again)")
+    elif result:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result["scores"].items())
         print(f"{cfg.task} {cfg.eval_split}: {scores}; best {result['best']:.4g} at step {result['best_step']}")
         if cfg.test_split:
@@ -28,22 +37,49 @@ def run_train(cfg: TrainConfig, resume: bool = True) -> None:
         print(f"run directory: {cfg.out}")
 
 
-def _load_run(run: Path, which: str) -> tuple[TrainConfig, Any, Any]:
+def run_spec(run: Path, cfg: TrainConfig) -> TaskSpec:
+    """The task of the run in ``run``; for classification with the label ids it was trained with
+    (``labels.json``), so every split is scored against the same ids whatever labels it holds."""
+    spec = task_spec(cfg)
+    if spec.kind != "classification":
+        return spec
+    file = run / LABELS
+    if file.is_file():
+        labels = json.loads(file.read_text()).get("labels")
+        if not isinstance(labels, list) or not labels:
+            raise CheckpointError(f"{file}: expected {{\"labels\": [the label values in id order]}}")
+        return replace(spec, labels=tuple(str(label) for label in labels))
+    if spec.labels:
+        return spec
+    train_spec = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit, sample_seed=cfg.train_sample_seed).spec
+    log.warning(f"{run}: no {LABELS} (a run from before label ids were saved): using the label set of its "
+                f"training data, {list(train_spec.labels)}")
+    return train_spec
+
+
+def _load_run(run: Path, which: str) -> tuple[TrainConfig, TaskSpec, Any, Any]:
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{run}: not a run directory (no config.json)")
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
-    base, tok = load_model(cfg.model, task=model_task(task_spec(cfg).kind))
+    spec = run_spec(run, cfg)
+    base, tok = load_model(cfg.model, task=model_task(spec.kind))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return cfg, load_trained(cfg.method, base, run / which), tok
+    return cfg, spec, load_trained(cfg.method, base, run / which), tok
+
+
+def command_line_text(text: str) -> str:
+    """``text`` from the command line with backslash escapes (``\\n``, ``\\t``, ``\\u00e9``) decoded
+    and every other character, ASCII or not, kept as typed."""
+    return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
 
 
 def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", num_beams: int | None = None,
               show: int = 3, with_loss: bool = True) -> dict[str, float]:
     """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``."""
-    cfg, model, tok = _load_run(run, adapter)
-    task = load_task(task_spec(cfg), split, data=cfg.data)
+    cfg, spec, model, tok = _load_run(run, adapter)
+    task = load_task(spec, split, data=cfg.data)
     t0 = time.perf_counter()
     scores, records = evaluate(model, tok, task, cfg.max_length, limit, max_new_tokens=cfg.max_new_tokens,
                                num_beams=num_beams or cfg.num_beams, stop=cfg.stop, with_loss=with_loss)
@@ -63,8 +99,8 @@ def run_eval(args: Any) -> None:
 
 
 def run_generate(args: Any) -> None:
-    cfg, model, tok = _load_run(Path(args.run), args.adapter)
-    texts = [t.encode().decode("unicode_escape") for t in args.input]
+    cfg, _, model, tok = _load_run(Path(args.run), args.adapter)
+    texts = [command_line_text(t) for t in args.input]
     outs = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                           stop=args.stop or cfg.stop, do_sample=args.temperature > 0,
                           temperature=args.temperature or 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass
@@ -104,6 +105,11 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accum", "max_length"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_finite_range("lr", self.lr, low=0.0)
+        _check_finite_range("weight_decay", self.weight_decay, low=0.0)
+        _check_finite_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
+        _check_finite_range("max_grad_norm", self.max_grad_norm, low=0.0, hint="0 turns clipping off; a negative "
+                            "limit would scale the gradient by a negative factor and ascend it")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
         check_adapter(self.method, self.adapter)
@@ -134,6 +140,15 @@ class TrainConfig:
             return cls.from_dict(read_mapping(path))
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def _check_finite_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
+                        hint: str = "") -> None:
+    """A ConfigError unless ``value`` is finite and within ``[low, high]`` (``(low, ...`` with ``low_open``)."""
+    below = value <= low if low_open else value < low
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise ConfigError(f"{name} must be a finite number {bounds}, got {value}" + (f" ({hint})" if hint else ""))
 
 
 @functools.cache

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,19 +31,21 @@ import torch
 
 from prefixtune.bundled.models import load_model
 from prefixtune.data.batching import Encoded, collate, encode, length_grouped_batches
+from prefixtune.data.errors import DataError
 from prefixtune.data.tasks import Task, TaskSpec, load_task
 from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
 from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import distributed, logs, methods, trackers
+from prefixtune.train import distributed, guard, logs, methods, rundir, trackers
 from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
 from prefixtune.train.state import latest_valid, load_state, save_state
 
 log = logging.getLogger(__name__)
+RESULT = "result.json"
 
 
 def _accepts_logits_to_keep(model: Any) -> bool:
@@ -96,6 +98,7 @@ class Run:
     trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
     ddp: Any = None  # what the steps call: DDP-wrapped or FSDP-sharded with several processes (set after resuming)
     eval_task: Task | None = None  # loaded at the first evaluation
+    memory: PeakMemory | None = None  # this process's peak memory (set when the steps start)
 
     @property
     def main(self) -> bool:
@@ -113,23 +116,60 @@ class Run:
     def write_metrics(self, row: dict[str, Any]) -> None:
         """Append one row to ``metrics.jsonl`` and send it to the trackers (rank 0 only)."""
         if self.main:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            with open(self.out / rundir.METRICS, "a") as f:
+                f.write(rundir.metrics_line(row))
             trackers.log_row(self.acc, row)
 
+    def peak_mib(self, progress: dict[str, Any]) -> float | None:
+        """The run's peak memory: the most of this process's and of those it resumed from (``progress``)."""
+        peaks = [p for p in (progress.get("peak_memory_mib"), self.memory.peak_mib() if self.memory else None)
+                 if p is not None]
+        return max(peaks) if peaks else None
 
-def setup(cfg: TrainConfig) -> Run:
-    """Accelerator (with the trackers of ``report_to``), ``config.json``, seeds, model, training data,
-    AdamW and its schedule."""
+
+def prepare_directory(cfg: TrainConfig, acc: Any, resume: bool) -> None:
+    """Make ``cfg.out`` this run's directory (:mod:`prefixtune.train.rundir`): resuming refuses
+    changed options before anything is written; ``resume=False`` moves an earlier run aside. Then
+    partial files of killed writes are removed and ``config.json`` is written (rank 0)."""
+    out = Path(cfg.out)
+    wanted = cfg.to_dict()
+    if resume:
+        rundir.check_same_options(out, wanted)  # every process reads; none has written yet
+    if acc.is_main_process:
+        if not resume:
+            rundir.set_aside(out)
+        rundir.remove_stale(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / rundir.CONFIG, json.dumps(wanted, indent=2).encode())
+    acc.wait_for_everyone()
+
+
+def record_labels(cfg: TrainConfig, acc: Any, spec: TaskSpec, resume: bool) -> None:
+    """Classification: the run's label ids (its training data's label set, in id order) go to
+    ``labels.json``, which ``eval`` and test scoring read; resuming refuses training data whose
+    label set changed."""
+    if spec.kind != "classification":
+        return
+    file = Path(cfg.out) / rundir.LABELS
+    if resume and file.is_file():
+        saved = json.loads(file.read_text()).get("labels")
+        if saved != list(spec.labels):
+            raise DataError(f"{cfg.out}: the run was trained with labels {saved}, its training data now has "
+                            f"{list(spec.labels)}: resume with the same data, or start over with --no-resume")
+    if acc.is_main_process:
+        atomic_write(file, json.dumps({"labels": list(spec.labels)}, indent=2).encode())
+
+
+def setup(cfg: TrainConfig, resume: bool = True) -> Run:
+    """Accelerator (with the trackers of ``report_to``), the run directory and its ``config.json``,
+    seeds, model, training data (and its label ids), AdamW and its schedule."""
     Accelerator = require("accelerate", "train", "training").Accelerator
     acc = Accelerator(cpu=not torch.cuda.is_available(), **trackers.accelerator_kwargs(cfg))
     micro = cfg.batch_size // cfg.grad_accum
     if micro % acc.num_processes:
         raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {acc.num_processes} processes")
     spec = task_spec(cfg)
-    if acc.is_main_process:
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(cfg.out) / "config.json", json.dumps(cfg.to_dict(), indent=2).encode())
+    prepare_directory(cfg, acc, resume)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     methods.method_config(cfg.method, cfg.adapter, spec.kind)  # bad options fail before the model loads
@@ -138,6 +178,7 @@ def setup(cfg: TrainConfig) -> Run:
         tok.pad_token = tok.eos_token
     train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit, sample_seed=cfg.train_sample_seed)
     spec = train_task.spec  # classification: the label set is known now
+    record_labels(cfg, acc, spec, resume)
     config = methods.method_config(cfg.method, cfg.adapter, spec.kind, max(2, len(spec.labels)))
     model = methods.build_model(cfg.method, config, base, tok)
     if cfg.gradient_checkpointing:
@@ -161,21 +202,30 @@ def resume_latest(run: Run) -> tuple[int, dict[str, Any]]:
     """``(step, progress)`` from the newest checkpoint that verifies, or ``(0, fresh_progress())``.
 
     Rank 0 picks the checkpoint and every process loads that one, so all start at the same step.
-    Rows that the interrupted run logged to ``metrics.jsonl`` after its checkpoint are dropped.
+    ``metrics.jsonl`` keeps what the checkpoint knows of (:func:`rundir.rows_of_checkpoint`): rows
+    the interrupted run logged after it are dropped, so every step has one row; with no
+    checkpoint the run starts over and so does the file.
     """
     found = from_main(latest_valid(run.out / "checkpoints") if run.main else None, run.acc)
+    metrics = run.out / rundir.METRICS
     if found is None:
+        if run.main:
+            metrics.unlink(missing_ok=True)
         return 0, fresh_progress()
     meta = load_state(found, run.model, run.optimizer, run.scheduler)
-    start = meta["step"]
-    metrics = run.out / "metrics.jsonl"
+    start, progress = meta["step"], meta["progress"]
     if run.main:
         log.info(f"resuming from {found} (step {start})")
-        if metrics.is_file():
-            kept = [line for line in metrics.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start]
-            atomic_write(metrics, "".join(line + "\n" for line in kept).encode())
-    return start, meta["progress"]
+    return start, progress
+
+
+def trim_metrics(run: Run, start: int, progress: dict[str, Any]) -> None:
+    """Keep the ``metrics.jsonl`` rows of the checkpoint the run resumes from (rank 0)."""
+    if run.main and start > 0:
+        metrics = run.out / rundir.METRICS
+        evaluated = {h["step"] for h in progress.get("history", [])}
+        kept = rundir.rows_of_checkpoint(rundir.read_metrics(metrics), start, evaluated)
+        atomic_write(metrics, "".join(rundir.metrics_line(row) for row in kept).encode())
 
 
 def _accumulate(run: Run, batch_idx: list[int], global_count: int) -> tuple[float, int]:
@@ -221,7 +271,9 @@ def train_step(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
     distributed.average_gradients(run)
     grad_norm = clip_gradients(run)
     lr_used = run.optimizer.param_groups[0]["lr"]  # the scheduler's step below sets the next step's rate
+    guard.check_step(step + 1, loss_total / global_count, grad_norm, lr_used)
     run.optimizer.step()
+    guard.check_parameters(run.model.trainable_parameters(), step + 1, lr_used)
     run.scheduler.step()
     row = {"step": step + 1, "train_loss": loss_total / global_count, "grad_norm": grad_norm,
            "lr": lr_used, "tokens_per_s": tokens / (time.perf_counter() - t0)}
@@ -253,9 +305,13 @@ def refresh_plots(run: Run) -> None:
 
 def keep_best(run: Run, progress: dict[str, Any], step: int, scores: dict[str, float], ties_win: bool) -> bool:
     """Add ``scores`` to the history; if they beat the best (or equal it, with ``ties_win``), they
-    become the best and the model is saved to ``best/``. Returns whether they did."""
-    progress["history"].append({"step": step, **scores})
+    become the best and the model is saved to ``best/``. Returns whether they did. A non-finite
+    score never becomes the best."""
+    progress["history"].append({"step": step, **rundir.finite_values(scores)})
     value, best = scores[run.metric], progress["best"]
+    if not math.isfinite(value):
+        log.warning(f"step {step}: {run.metric} is {value}; not kept as best")
+        return False
     if best is None or value > best or (ties_win and value == best):
         progress.update(best=value, best_step=step)
         run.model.save_pretrained(run.out / "best")
@@ -292,16 +348,17 @@ def stop_reason(run: Run, step: int, progress: dict[str, Any], evaluated: bool) 
 
 def save_checkpoint(run: Run, step: int, progress: dict[str, Any], stopping: bool) -> None:
     """Every ``save_every`` steps, at the last step and when stopping: a resumable checkpoint
-    (rank 0; the last two are kept). Every process waits for it."""
+    (rank 0; the two with the highest steps are kept), which records the peak memory so far.
+    Every process waits for it."""
     cfg = run.cfg
     if run.main and (step % cfg.save_every == 0 or step == cfg.steps or stopping):
+        progress["peak_memory_mib"] = run.peak_mib(progress)
         save_state(run.out / "checkpoints", step, run.model, run.optimizer, run.scheduler, progress)
-        for old in sorted((run.out / "checkpoints").glob("step-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+        rundir.prune(run.out / "checkpoints", keep=2)
     run.acc.wait_for_everyone()
 
 
-def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None) -> dict[str, Any]:
+def finish(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
     """The final adapter (``adapter/``), a final evaluation (``best/`` on a tie too), the plots and
     ``result.json`` (rank 0, which returns the result; the others return ``{}``)."""
     result: dict[str, Any] = {}
@@ -314,9 +371,9 @@ def finish(run: Run, step: int, progress: dict[str, Any], peak_mib: float | None
         count = run.model.count_parameters()
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
                   "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
-                  "peak_memory_mib": peak_mib, "steps_done": step,
+                  "peak_memory_mib": run.peak_mib(progress), "steps_done": step,
                   "parameters": vars(count) | {"trainable_percent": count.trainable_percent}}
-        atomic_write(run.out / "result.json", json.dumps(result, indent=2).encode())
+        atomic_write(run.out / RESULT, json.dumps(rundir.finite_values(result), indent=2).encode())
     run.acc.wait_for_everyone()
     return result
 
@@ -364,24 +421,47 @@ def run_steps(run: Run, start: int, progress: dict[str, Any], stop_after: int | 
     return current, False
 
 
+def completed(run: Run, start: int, progress: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved result of a run that had already finished (its last checkpoint is its end and
+    ``result.json`` was written after it), with ``already_complete``; else None. Rerunning a
+    finished run redoes nothing."""
+    file = run.out / RESULT
+    finished = (start >= run.cfg.steps or bool(progress.get("stopped"))) and start > 0 and file.is_file()
+    result = json.loads(file.read_text()) if finished and run.main else None
+    if result is not None and result.get("steps_done") != start:
+        result = None
+    result = from_main(result, run.acc)
+    if result is None:
+        return None
+    if run.main:
+        log.info(f"{run.out}: the run had already finished at step {start}; nothing to do "
+                 "(prefixtune eval scores it again, --no-resume starts over)")
+        return {**result, "already_complete": True}
+    return {}
+
+
 def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the final scores. ``stop_after`` ends the process's work
     after that many steps of this call, like a kill (tests use it). Progress goes to the
     ``prefixtune`` loggers (the command line sends them to stderr: :mod:`prefixtune.cli.logs`)."""
     redirect = require("tqdm.contrib.logging", "train", "training").logging_redirect_tqdm
 
-    run = setup(cfg)
+    run = setup(cfg, resume)
     start, progress = resume_latest(run) if resume else (0, fresh_progress())
+    done = completed(run, start, progress)
+    if done is not None:
+        return done
+    trim_metrics(run, start, progress)
     run.ddp = distributed.prepare(run)
     run.model.train()
     announce(run)
-    memory = PeakMemory(run.acc.device)
-    memory.start()
+    run.memory = PeakMemory(run.acc.device)
+    run.memory.start()
     trackers.start(run.acc, cfg)
     try:
         # log lines above the progress bar, not through it
         with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):
             current, cut_short = run_steps(run, start, progress, stop_after)
-        return {"stopped_at": current} if cut_short else finish(run, current, progress, memory.peak_mib())
+        return {"stopped_at": current} if cut_short else finish(run, current, progress)
     finally:
         trackers.finish(run.acc)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefixtune.extras import require
+from prefixtune.train.rundir import read_metrics
 
 
 def plot_run(metrics_file: Path, out: Path, metric: str) -> list[Path]:
@@ -15,9 +15,9 @@ def plot_run(metrics_file: Path, out: Path, metric: str) -> list[Path]:
     matplotlib.use("Agg")
     plt = require("matplotlib.pyplot", "train", "plotting")
 
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r]
-    evals = [r for r in rows if "split" in r]
+    rows = read_metrics(metrics_file)
+    train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+    evals = [r for r in rows if "split" in r and r.get("loss") is not None]
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:

@@ -21,6 +21,7 @@ from safetensors.torch import save as st_save
 
 from prefixtune.io.checkpoint import read_manifest, read_tensors
 from prefixtune.io.files import CheckpointError, read_verified, write_with_manifest
+from prefixtune.train.rundir import checkpoints_by_step
 
 log = logging.getLogger(__name__)
 STATE = "state.json"
@@ -89,10 +90,8 @@ def verify(path: Path) -> dict[str, Any]:
 
 
 def latest_valid(root: Path) -> Path | None:
-    """The newest checkpoint under ``root`` that verifies (corrupt ones are logged as warnings and skipped)."""
-    if not root.is_dir():
-        return None
-    for path in sorted(root.glob("step-*"), reverse=True):
+    """The checkpoint with the highest step under ``root`` that verifies (corrupt ones are logged as warnings and skipped)."""
+    for path in reversed(checkpoints_by_step(root)):
         try:
             verify(path)
             return path
