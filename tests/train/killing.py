@@ -1,8 +1,7 @@
 """Kill a training run at random and chosen moments, resume it, and compare with an uninterrupted run.
 
-Used by tests/train/test_kill_resume.py (a few kills, in CI) and scripts/kill_resume.py (many, with
-the figures in docs/reliability.md). A run is killed with SIGKILL (no cleanup, no atexit), either
-after a random time or at its N-th ``os.replace`` (train_worker.py), then rerun until it finishes;
+Used by tests/train/test_kill_resume.py (a few kills per method, in CI; docs/reliability.md). A
+run is killed with SIGKILL (no cleanup, no atexit), either after a random time or at its N-th ``os.replace`` (train_worker.py), then rerun until it finishes;
 the finished adapter's files must be byte-identical to those of a run that was never killed.
 """
 

@@ -1,6 +1,6 @@
 """SIGKILL at random moments and in the middle of atomic writes; the resumed run ends byte-identical.
 
-The fast version of scripts/kill_resume.py (docs/reliability.md has the long run's figures).
+What it covers and what a longer loop would add: docs/reliability.md.
 """
 
 from __future__ import annotations

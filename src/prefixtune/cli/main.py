@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"prefixtune: error: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as e:  # the last: an optional package, named
         print(f"prefixtune: error: {e}", file=sys.stderr)
         return 2
     except DivergedError as e:  # the options were valid, the run failed: exit 1

@@ -102,9 +102,16 @@ class TrainConfig:
                 continue  # an in-memory datasets object, in Python (config.json records its description)
             check_type(getattr(self, f.name), hints[f.name], f.name)
         train_method(self.method)  # a known method, or a ConfigError listing them
-        for name in ("steps", "batch_size", "grad_accum", "max_length"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "batch_size", "grad_accum", "max_length", "save_every", "max_new_tokens", "num_beams",
+                     "train_limit", "eval_limit", "test_limit", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}" + (" (None: no limit)" if name.endswith(
+                    ("_limit", "patience")) else ""))
+        if self.eval_every < 0:
+            raise ConfigError(f"eval_every must be >= 0 (0: evaluate only at the end), got {self.eval_every}")
+        if self.max_seconds is not None:
+            _check_finite_range("max_seconds", self.max_seconds, low=0.0, low_open=True, hint="None: no budget")
         _check_finite_range("lr", self.lr, low=0.0)
         _check_finite_range("weight_decay", self.weight_decay, low=0.0)
         _check_finite_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
@@ -139,7 +146,8 @@ class TrainConfig:
         try:
             return cls.from_dict(read_mapping(path))
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            message = str(e)
+            raise ConfigError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
 
 
 def _check_finite_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
@@ -171,7 +179,13 @@ def check_adapter(method: str, adapter: dict[str, Any]) -> None:
 
 def read_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML (``.yaml``/``.yml``) or JSON file holding a mapping of options."""
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read it as a config file ({e.__class__.__name__}: "
+                          f"{getattr(e, 'strerror', None) or e})") from None
     if str(path).endswith((".yaml", ".yml")):
         yaml = require("yaml", "train", "YAML config reading")
         try:

@@ -31,6 +31,7 @@ import torch
 
 from prefixtune.bundled.models import load_model
 from prefixtune.data.batching import Encoded, collate, encode, length_grouped_batches
+from prefixtune.core.config import ConfigError
 from prefixtune.data.errors import DataError
 from prefixtune.data.tasks import Task, TaskSpec, load_task
 from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
@@ -132,6 +133,9 @@ def prepare_directory(cfg: TrainConfig, acc: Any, resume: bool) -> None:
     changed options before anything is written; ``resume=False`` moves an earlier run aside. Then
     partial files of killed writes are removed and ``config.json`` is written (rank 0)."""
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a directory; the run directory must be a new or existing "
+                          "directory")
     wanted = cfg.to_dict()
     if resume:
         rundir.check_same_options(out, wanted)  # every process reads; none has written yet
