@@ -16,7 +16,7 @@ from prefixtune.cli.main import main
     (["--eval-every", "-1"], "eval_every must be >= 0"),
     (["--eval-limit", "0"], "eval_limit must be >= 1"),
     (["--patience", "0"], "patience must be >= 1"),
-    (["--max-seconds", "0"], "max_seconds must be a finite number > 0"),
+    (["--max-seconds", "-1"], "max_seconds must be a finite number >= 0"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--lr", "nan"], "lr must be a finite number"),
     (["--max-grad-norm", "-1"], "max_grad_norm must be a finite number >= 0"),

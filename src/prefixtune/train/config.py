@@ -111,7 +111,7 @@ class TrainConfig:
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0 (0: evaluate only at the end), got {self.eval_every}")
         if self.max_seconds is not None:
-            _check_finite_range("max_seconds", self.max_seconds, low=0.0, low_open=True, hint="None: no budget")
+            _check_finite_range("max_seconds", self.max_seconds, low=0.0, hint="0: one step; None: no budget")
         _check_finite_range("lr", self.lr, low=0.0)
         _check_finite_range("weight_decay", self.weight_decay, low=0.0)
         _check_finite_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
