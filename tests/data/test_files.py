@@ -53,6 +53,11 @@ def test_json_jsonl_and_parquet_keep_their_types(tmp_path):
         assert read_file(tmp_path / name) == rows, name
 
 
+def test_csv_quoted_line_breaks_and_blank_lines_are_fine(tmp_path):
+    (tmp_path / "a.csv").write_text('text,label\n"two\nlines",1\n\nx,0\n')
+    assert read_file(tmp_path / "a.csv") == [{"text": "two\nlines", "label": "1"}, {"text": "x", "label": "0"}]
+
+
 def test_a_glob_character_in_the_path_is_a_plain_character(tmp_path):
     folder = tmp_path / "runs[1]"
     folder.mkdir()
@@ -65,9 +70,18 @@ def test_a_glob_character_in_the_path_is_a_plain_character(tmp_path):
     ("a.csv", "", "empty file"),
     ("a.csv", "text,label\n", "no rows"),
     ("a.csv", "text,text\nx,y\n", "column names ['text'] appear more than once"),
-    ("a.csv", "text,label\nx,1,extra,more\n", "a row has more fields than the header's 2"),
-    ("a.csv", "text,label\nx,1\ny,2,extra\n", "cannot read it (ParserError"),
-    ("a.jsonl", '{"x": 1}\n{"x": \n', "cannot read it"),
+    ("a.csv", "text,label\nx,1,extra,more\n", "line 2 has 4 fields, the header has 2; quote fields"),
+    ("a.csv", "text,label\nx,1\ny,2,extra\n", "line 3 has 3 fields, the header has 2"),
+    ("a.csv", "text,label\nx,1\n\ny\n", "line 4 has 1 field, the header has 2"),
+    ("a.csv", 'text,label\n"two\nlines,1\n', "line 3 has 1 field"),  # an unclosed quote swallows the rest
+    ("a.tsv", 'text\tlabel\n"two\nlines"\t1\n', "line 2 has 1 field, the header has 2; a TSV field cannot hold"),
+    ("a.tsv", "text\tlabel\nx\t1\ty\n", "line 2 has 3 fields"),
+    ("a.jsonl", '{"x": 1}\n{"x": \n', "line 2 is not valid JSON (Expecting value at column 7)"),
+    ("a.jsonl", '{"x": 1}\n\n[1, 2]\n', "line 3 is an array, not an object"),
+    ("a.jsonl", '{"x": 1}\nnull\n', "line 2 is null, not an object"),
+    ("a.json", '[{"x": 1}, "y"]', "element 2 is a string, not an object"),
+    ("a.json", '{"data": [{"x": 1}, 3]}', "element 2 is a number, not an object"),
+    ("a.json", '{"x": 1}\n7\n', "line 2 is a number, not an object"),
     ("a.parquet", "not parquet", "cannot read it"),
 ])
 def test_unreadable_files_are_named(tmp_path, name, content, message):

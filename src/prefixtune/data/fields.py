@@ -9,6 +9,7 @@ over the path. Templates use the same paths: ``"{meta.title}: {text}"``.
 
 from __future__ import annotations
 
+import math
 import string
 from typing import Any, Mapping
 
@@ -58,14 +59,25 @@ def scalar(value: Any, path: str, where: str) -> Any:
     return value
 
 
+def required(value: Any, path: str, where: str) -> Any:
+    """``value`` unless it is missing (None, NaN, or an empty or blank text): then a DataError
+    naming the column and the fix (never the text "None" or "nan" as a target or a class)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str)
+                                                                             and not value.strip()):
+        shown = "empty" if isinstance(value, str) else "null (missing)" if value is None else "NaN"
+        raise DataError(f"{where}: column {path!r} is {shown}; every row needs one: fill it in or drop the row")
+    return value
+
+
 def texts(value: Any, path: str, where: str) -> list[str]:
-    """A generation target as a list of texts: one value, or every element of a list of values."""
+    """A generation target as a list of texts: one value, or every element of a list of values
+    (a missing one is a DataError, :func:`required`)."""
     if isinstance(value, (list, tuple)):
-        out = [str(scalar(v, f"{path}.{i}", where)) for i, v in enumerate(value)]
+        out = [str(required(scalar(v, f"{path}.{i}", where), f"{path}.{i}", where)) for i, v in enumerate(value)]
         if not out:
             raise DataError(f"{where}: column {path!r} holds an empty list; every row needs a target")
         return out
-    return [str(scalar(value, path, where))]
+    return [str(required(scalar(value, path, where), path, where))]
 
 
 class _RecordFormatter(string.Formatter):

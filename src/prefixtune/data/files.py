@@ -4,8 +4,9 @@
 second read is fast) and we take its rows. Its CSV reader is pandas', which by default guesses
 types and turns ``NA``, ``null`` or empty fields into missing values; a text field must stay the
 text it is, so CSV and TSV are read with every column a string and no missing-value guessing
-(an empty field is ``""``, ``007`` stays ``"007"``, a label ``1`` is ``"1"``; a row shorter
-than the header has its missing fields empty, a longer one is an error). TSV is read
+(an empty field is ``""``, ``007`` stays ``"007"``, a label ``1`` is ``"1"``). Every row must
+have as many fields as the header: a shorter or longer one is a DataError naming its line, never
+fields silently dropped or left empty. TSV is read
 without quote processing, as GLUE's TSVs require (they contain stray ``"``). JSON, JSON Lines and
 Parquet keep their own types (numbers, lists, nested objects).
 """
@@ -15,13 +16,13 @@ from __future__ import annotations
 import csv
 import glob
 import logging
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
-from prefixtune.data.errors import DataError, cause, root_cause
+from prefixtune.data.errors import DataError, cause
+from prefixtune.data.scan import check_json_rows, check_widths
 from prefixtune.extras import require
 
 #: the file types read, in the order a directory's ``{split}.<ext>`` files are looked for
@@ -51,38 +52,27 @@ def quiet(datasets: ModuleType) -> Iterator[None]:
 
 
 def _header(path: Path, tsv: bool) -> list[str]:
-    """The header row (the Arrow schema needs the column names up front), checked."""
+    """The header row (the Arrow schema needs the column names up front), checked, after a scan
+    of every row's width (:func:`~prefixtune.data.scan.check_widths`)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(f)
         header = next(rows, None)
-        first = next((r for r in rows if r), None)
-    if not header:
-        raise DataError(f"{path}: empty file (a {'TSV' if tsv else 'CSV'} file starts with a header row)")
-    if first is None:
-        raise DataError(f"{path}: no rows")
-    twice = sorted({c for c in header if header.count(c) > 1})
-    if twice:
-        raise DataError(f"{path}: column names {twice} appear more than once in the header; make them unique")
+        if not header:
+            raise DataError(f"{path}: empty file (a {'TSV' if tsv else 'CSV'} file starts with a header row)")
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: column names {twice} appear more than once in the header; make them unique")
+        if not check_widths(path, rows, len(header), tsv):
+            raise DataError(f"{path}: no rows")
     return header
 
 
 def _load_csv(datasets: ModuleType, path: Path, files: str) -> Any:
-    import pandas
-
     tsv = path.suffix.lower() == ".tsv"
     strings = datasets.Features({c: datasets.Value("string") for c in _header(path, tsv)})
     options = {"sep": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
-    try:
-        with warnings.catch_warnings():
-            # a row longer than the header: pandas would drop its extra fields with only a warning
-            warnings.simplefilter("error", pandas.errors.ParserWarning)
-            return datasets.load_dataset("csv", data_files=files, split="train", features=strings, index_col=False,
-                                         keep_default_na=False, na_filter=False, **options)
-    except Exception as e:
-        if isinstance(root_cause(e), pandas.errors.ParserWarning):
-            raise DataError(f"{path}: a row has more fields than the header's {len(strings)}; quote fields that "
-                            f"hold a {'tab' if tsv else 'comma'}, or remove the extra fields") from None
-        raise
+    return datasets.load_dataset("csv", data_files=files, split="train", features=strings, index_col=False,
+                                 keep_default_na=False, na_filter=False, **options)
 
 
 def _load(datasets: ModuleType, path: Path) -> Any:
@@ -92,6 +82,7 @@ def _load(datasets: ModuleType, path: Path) -> Any:
     if suffix in (".csv", ".tsv"):
         return _load_csv(datasets, path, files)
     if suffix in (".json", ".jsonl"):
+        check_json_rows(path)
         ds = datasets.load_dataset("json", data_files=files, split="train")
         if suffix == ".json" and ds.column_names == ["data"] and ds.num_rows == 1:  # {"data": [rows]}
             ds = datasets.load_dataset("json", data_files=files, split="train", field="data")

@@ -14,7 +14,7 @@ from typing import Any
 
 from prefixtune.data.builtins import BUILTINS, find_shared_data, local_copy, missing_data_error, to_task_columns
 from prefixtune.data.errors import DataError
-from prefixtune.data.fields import field_value, format_template, scalar, texts
+from prefixtune.data.fields import field_value, format_template, required, scalar, texts
 from prefixtune.data.hub import HubUnavailable
 from prefixtune.data.sources import read_records
 from prefixtune.data.spec import KINDS, HubSource, TaskSpec
@@ -88,10 +88,10 @@ def _listed_references(spec: TaskSpec, record: dict, where: str) -> list[str] | 
 def _generation(spec: TaskSpec, records: list[dict], where: str) -> tuple[list[Example], dict[str, list[str]]]:
     examples: list[Example] = []
     references: dict[str, list[str]] = {}
-    for r in records:
-        text = format_template(spec.template, r, where)
+    for number, r in enumerate(records, 1):
         value = field_value(r, spec.target_column, where)
-        targets = texts(value, spec.target_column, where)
+        targets = texts(value, spec.target_column, f"{where} record {number}")
+        text = format_template(spec.template, r, where)
         examples.append(Example(text, target=targets[0]))
         refs = references.setdefault(text, [])
         listed = _listed_references(spec, r, where) or (targets if isinstance(value, (list, tuple)) else None)
@@ -106,14 +106,19 @@ def _classification(spec: TaskSpec, records: list[dict], where: str) -> tuple[Ta
     def value(r: dict, column: str) -> str:
         return str(scalar(field_value(r, column, where), column, where))
 
+    def label_of(r: dict, number: int) -> str:
+        here = f"{where} record {number}"
+        return str(required(scalar(field_value(r, spec.label_column, here), spec.label_column, here),
+                            spec.label_column, here))
+
     labels = list(spec.labels)
     if not labels:
-        labels = sorted({value(r, spec.label_column) for r in records})
+        labels = sorted({label_of(r, n) for n, r in enumerate(records, 1)})
         spec = replace(spec, labels=tuple(labels))
     index = {name: i for i, name in enumerate(labels)}
     examples = []
-    for r in records:
-        label = value(r, spec.label_column)
+    for number, r in enumerate(records, 1):
+        label = label_of(r, number)
         if label not in index:
             raise DataError(f"{where}: label {label!r} is not one of {labels}")
         if spec.text_columns:
