@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from prefixtune.train.commands import command_line_text, score_run
 from prefixtune.train.config import TrainConfig
@@ -34,3 +35,15 @@ def test_command_line_text_keeps_non_ascii_and_decodes_escapes():
     assert command_line_text("Café ☕ 😀") == "Café ☕ 😀"
     assert command_line_text("name[Café]\\n") == "name[Café]\n"
     assert command_line_text("\\u00e9\\t") == "é\t"
+
+
+def test_scores_on_a_single_training_file_say_so(tiny_dir, tmp_path, caplog):
+    """Before: with one data file, dev, best and test scores were on the training rows without a word."""
+    data = tmp_path / "all.jsonl"
+    data.write_text("".join(json.dumps({"src": f"name[P{i}]", "tgt": f"P{i} is a place."}) + "\n" for i in range(8)))
+    cfg = TrainConfig(model=str(tiny_dir), task="one", data=str(data), input_column="src", target_column="tgt",
+                      steps=2, batch_size=4, eval_every=0, eval_limit=2, max_new_tokens=4, out=str(tmp_path / "run"),
+                      adapter={"prefix_length": 2, "hidden_size": 8})
+    caplog.set_level(logging.WARNING, logger="prefixtune")
+    assert train(cfg)["scored_on_training_data"] is True
+    assert any("dev scores are on the training data" in r.getMessage() for r in caplog.records)

@@ -23,7 +23,7 @@ from prefixtune.data.errors import DataError
 from prefixtune.data.files import EXTENSIONS, datasets_library, quiet, read_file
 from prefixtune.data.hub import load_hub, parse_hub_name
 
-__all__ = ["DataError", "IN_MEMORY", "describe", "read_records", "split_names"]
+__all__ = ["DataError", "IN_MEMORY", "describe", "read_records", "serves_every_split", "split_names"]
 
 #: names that mean the same split, tried in this order after the one asked for
 SPLIT_ALIASES = (("dev", "validation", "valid", "val"),)
@@ -93,6 +93,14 @@ def describe(source: Any) -> str | None:
         return os.fspath(source)
     shape = getattr(source, "shape", None)
     return f"{IN_MEMORY}: {type(source).__name__} {shape}>"
+
+
+def serves_every_split(source: Any) -> bool:
+    """Whether ``source`` is one file or one ``datasets.Dataset``, which serves every split: its
+    dev and test splits are its training rows."""
+    if isinstance(source, (str, os.PathLike)):
+        return not str(source).startswith(IN_MEMORY) and Path(source).expanduser().is_file()
+    return type(source).__name__ == "Dataset"
 
 
 def read_records(source: str | os.PathLike | Any, split: str = "train") -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.bundled.models import load_model
+from prefixtune.data.sources import serves_every_split
 from prefixtune.data.spec import TaskSpec
 from prefixtune.data.tasks import load_task
 from prefixtune.evaluation.evaluate import evaluate, generate_texts
@@ -80,6 +81,8 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
     """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``."""
     cfg, spec, model, tok = _load_run(run, adapter)
     task = load_task(spec, split, data=cfg.data)
+    if serves_every_split(cfg.data) and split != "train":
+        log.warning(f"{split} scores are on the training data: {cfg.data} is one file, which serves every split")
     t0 = time.perf_counter()
     scores, records = evaluate(model, tok, task, cfg.max_length, limit, max_new_tokens=cfg.max_new_tokens,
                                num_beams=num_beams or cfg.num_beams, stop=cfg.stop, with_loss=with_loss)

@@ -33,6 +33,7 @@ from prefixtune.bundled.models import load_model
 from prefixtune.data.batching import Encoded, collate, encode, length_grouped_batches
 from prefixtune.core.config import ConfigError
 from prefixtune.data.errors import DataError
+from prefixtune.data.sources import describe, serves_every_split
 from prefixtune.data.tasks import Task, TaskSpec, load_task
 from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
 from prefixtune.evaluation.loss import batch_loss
@@ -292,6 +293,9 @@ def score(run: Run, step: int) -> dict[str, float]:
     cfg = run.cfg
     if run.eval_task is None:
         run.eval_task = load_task(run.spec, cfg.eval_split, data=cfg.data)
+        if serves_every_split(cfg.data):
+            log.warning(f"{cfg.eval_split} scores are on the training data: {describe(cfg.data)} is one file, "
+                        "which serves every split; give a directory with train and dev files for held-out scores")
     scores, _ = evaluation.evaluate(run.model, run.tok, run.eval_task, cfg.max_length, cfg.eval_limit,
                                     max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, stop=cfg.stop)
     run.model.train()
@@ -376,6 +380,7 @@ def finish(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
                   "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
                   "peak_memory_mib": run.peak_mib(progress), "steps_done": step,
+                  "scored_on_training_data": serves_every_split(run.cfg.data),
                   "parameters": vars(count) | {"trainable_percent": count.trainable_percent}}
         atomic_write(run.out / RESULT, json.dumps(rundir.finite_values(result), indent=2).encode())
     run.acc.wait_for_everyone()
