@@ -28,6 +28,25 @@ def test_bad_values_are_refused_in_one_line(args, message, capsys):
     assert err.startswith("prefixtune: error:") and message in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("args,message", [
+    (["eval", "--run", "r", "--limit", "0"], "argument --limit: expected a finite int >= 1, got '0'"),
+    (["eval", "--run", "r", "--limit", "-1"], "argument --limit: expected a finite int >= 1, got '-1'"),
+    (["eval", "--run", "r", "--num-beams", "0"], "argument --num-beams: expected a finite int >= 1"),
+    (["eval", "--run", "r", "--show", "-1"], "argument --show: expected a finite int >= 0"),
+    (["eval", "--run", "r", "--limit", "1.5"], "argument --limit: expected int, got '1.5'"),
+    (["generate", "--run", "r", "--input", "x", "--max-new-tokens", "0"], "argument --max-new-tokens: expected"),
+    (["generate", "--run", "r", "--input", "x", "--num-beams", "-2"], "argument --num-beams: expected"),
+    (["generate", "--run", "r", "--input", "x", "--temperature", "-1"], "argument --temperature: expected a finite"),
+    (["generate", "--run", "r", "--input", "x", "--temperature", "nan"], "argument --temperature: expected a finite"),
+    (["generate", "--run", "r", "--input", "x", "--temperature", "inf"], "argument --temperature: expected a finite"),
+])
+def test_eval_and_generate_counts_are_checked(args, message, capsys):
+    """``--limit -1`` once scored all inputs but the last, ``--temperature nan`` decoded greedily."""
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prefixtune: error:") and message in err and len(err.splitlines()) == 1
+
+
 def test_config_paths_that_are_not_config_files(tmp_path, capsys):
     """Before: a directory gave an IsADirectoryError traceback."""
     for path, message in ((tmp_path, "cannot read it as a config file"), (tmp_path / "nope.yaml", "no such config file")):

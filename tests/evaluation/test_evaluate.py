@@ -38,3 +38,15 @@ def test_limit_takes_the_first_inputs(monkeypatch):
     monkeypatch.setattr(ev, "generate_texts", lambda model, tok, inputs, *a, **k: seen.extend(inputs) or ["x"] * len(inputs))
     _, records = ev.evaluate(torch.nn.Linear(1, 1), NO_TOKENIZER, task, max_length=32, limit=1, with_loss=False)
     assert seen == ["name[A]\n"] and len(records) == 1
+
+
+def test_a_vanishing_temperature_decodes_greedily(tiny_dir):
+    """Sampling at temperature 1e-300 divides the logits into inf (and NaN probabilities): below
+    GREEDY_BELOW it is greedy decoding, with the greedy output."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    prompts = ["name[Aromi], food[Thai]\n", "hello"]
+    greedy = ev.generate_texts(model, tok, prompts, max_new_tokens=6, stop=())
+    for t in (1e-300, 0.0, ev.GREEDY_BELOW / 2):
+        assert ev.generate_texts(model, tok, prompts, max_new_tokens=6, stop=(), do_sample=True, temperature=t) == greedy

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from prefixtune.cli.logs import LEVELS, configure_logging
-from prefixtune.cli.options import Parser, UsageError
+from prefixtune.cli.options import Parser, UsageError, bounded
 from prefixtune.train.guard import DivergedError
 
 
@@ -87,15 +87,19 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
 
 
+#: an argparse type for counts: an int >= 1
+COUNT = bounded(int, 1, name="int")
+
+
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="score a trained adapter on a split and write its predictions",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ev.add_argument("--run", required=True, help="the run directory")
     ev.add_argument("--split", default="test")
-    ev.add_argument("--limit", type=int, default=None, help="first N inputs only")
+    ev.add_argument("--limit", type=COUNT, default=None, help="first N inputs only")
     ev.add_argument("--adapter", default="best", choices=("best", "adapter"), help="best or final adapter")
-    ev.add_argument("--num-beams", type=int, default=None)
-    ev.add_argument("--show", type=int, default=3, help="print this many predictions")
+    ev.add_argument("--num-beams", type=COUNT, default=None, help="beam search width (default: the run's)")
+    ev.add_argument("--show", type=bounded(int, 0, name="int"), default=3, help="print this many predictions")
     ev.add_argument("--no-loss", action="store_true",
                     help="generation tasks: skip the loss over every input-reference pair (faster)")
 
@@ -106,9 +110,9 @@ def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--run", required=True)
     gen.add_argument("--input", action="append", required=True, help="input text (repeatable; \\n for newline)")
     gen.add_argument("--adapter", default="best", choices=("best", "adapter"))
-    gen.add_argument("--max-new-tokens", type=int, default=60)
-    gen.add_argument("--num-beams", type=int, default=1)
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--max-new-tokens", type=COUNT, default=60)
+    gen.add_argument("--num-beams", type=COUNT, default=1)
+    gen.add_argument("--temperature", type=bounded(float, 0, name="float"), default=0.0, help="0 (or below 1e-5) = greedy")
     gen.add_argument("--stop", action="append", default=None)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shutil
 import textwrap
 import types
@@ -43,6 +44,24 @@ class Parser(argparse.ArgumentParser):
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows each option's default and keeps the line breaks of descriptions and epilogs."""
+
+
+def bounded(cast: type, low: float, *, name: str) -> Any:
+    """An argparse type: ``cast(text)``, finite and ``>= low``; anything else is refused naming
+    the value and the bound (``--limit 0`` must not silently score nothing, nor ``--temperature
+    nan`` silently decode greedily)."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected a finite {name} >= {low:g}, got {text!r}")
+        return value
+
+    convert.__name__ = name
+    return convert
 
 
 def _or_none(cast: type) -> Any:

@@ -14,12 +14,18 @@ from prefixtune.extras import require
 from prefixtune.evaluation.stops import cut_at_stop
 
 
+#: sampling at a temperature below this is greedy decoding (logits divided by 1e-300 overflow to inf)
+GREEDY_BELOW = 1e-5
+
+
 @torch.no_grad()
 def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16,
                    max_new_tokens: int = 60, num_beams: int = 1, stop: Sequence[str] = ("\n",),
                    do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Greedy/beam/sampled continuations of ``prompts``, cut at the first stop string."""
+    """Greedy/beam/sampled continuations of ``prompts``, cut at the first stop string (sampling
+    at a temperature below :data:`GREEDY_BELOW` decodes greedily)."""
     model.eval()
+    do_sample = do_sample and temperature >= GREEDY_BELOW
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop_ids = [tokenizer.eos_token_id]

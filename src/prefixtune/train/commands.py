@@ -106,6 +106,6 @@ def run_generate(args: Any) -> None:
     texts = [command_line_text(t) for t in args.input]
     outs = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                           stop=args.stop or cfg.stop, do_sample=args.temperature > 0,
-                          temperature=args.temperature or 1.0)
+                          temperature=args.temperature)
     for t, o in zip(texts, outs):
         print(f"{t!r} -> {o}")
