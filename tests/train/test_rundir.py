@@ -77,7 +77,10 @@ def test_checkpoints_are_pruned_by_step_not_by_name(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["notes", "step-1000000", "step-1000001"]
 
 
-@pytest.mark.parametrize("kw", [{"lr": 1e30, "max_grad_norm": 0.0}, {"lr": 1e30}])
+EXPLODING = {"prefix_length": 4, "hidden_size": 16, "reparameterization": "direct", "init_std": 1e30}
+
+
+@pytest.mark.parametrize("kw", [{"adapter": EXPLODING, "max_grad_norm": 0.0}, {"adapter": EXPLODING}])
 def test_divergence_stops_the_run_and_never_becomes_best(tiny_dir, e2e_dir, tmp_path, kw):
     """Before: ``--lr inf`` exited 0 with an all-NaN best/; metrics.jsonl held NaN tokens."""
     run = tmp_path / "run"
@@ -91,7 +94,7 @@ def test_divergence_stops_the_run_and_never_becomes_best(tiny_dir, e2e_dir, tmp_
 
 def test_non_finite_options_are_config_errors():
     for kw in ({"lr": float("inf")}, {"lr": float("nan")}, {"max_grad_norm": -1.0}, {"warmup_ratio": 1.5},
-               {"weight_decay": -0.1}):
+               {"weight_decay": -0.1}, {"lr": 1e30}, {"weight_decay": 1e6}):
         with pytest.raises(ConfigError, match=next(iter(kw))):
             config("m", "d", "o", **kw)
 

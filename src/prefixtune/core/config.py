@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -54,6 +55,15 @@ def config_options(cls: type) -> dict[str, Option]:
     """The options of dataclass ``cls``: its constructor's fields with type, default and help."""
     hints = typing.get_type_hints(cls)
     return {f.name: Option(f.name, hints[f.name], _default(f), f.metadata.get("help", "")) for f in init_fields(cls)}
+
+
+def check_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
+                hint: str = "") -> None:
+    """A ConfigError unless ``value`` is finite and within ``[low, high]`` (``(low, ...`` with ``low_open``)."""
+    below = value <= low if low_open else value < low
+    if not math.isfinite(value) or below or (high is not None and value > high):
+        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise ConfigError(f"{name} must be a finite number {bounds}, got {value}" + (f" ({hint})" if hint else ""))
 
 
 def unknown_option(key: str, known: list[str], what: str) -> ConfigError:

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from prefixtune.core.config import ConfigError, ConfigIO, option
+from prefixtune.core.config import ConfigError, ConfigIO, check_range, option
 from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
 from prefixtune.core.prefix import DirectPrefix, MLPPrefix, PrefixStack, prefixed_layers
@@ -71,6 +71,7 @@ class PrefixConfig(ConfigIO):
             raise ConfigError(f"hidden_size must be positive, got {self.hidden_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_range("init_std", self.init_std, low=0.0)
         unknown = [loc for loc in self.locations if loc not in LOCATIONS]
         if unknown or not self.locations:
             raise ConfigError(f"locations must be a non-empty subset of {LOCATIONS}, got {self.locations}")

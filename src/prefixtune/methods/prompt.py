@@ -8,7 +8,7 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from prefixtune.core.config import ComposedConfig, ConfigError, option
+from prefixtune.core.config import ComposedConfig, ConfigError, check_range, option
 from prefixtune.core.layout import ModelLayout
 from prefixtune.core.parts import Parts
 from prefixtune.core.prompt import ENCODERS, Encoder, PromptEmbedding
@@ -61,6 +61,7 @@ class PromptConfig(ComposedConfig):
             raise ConfigError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_range("init_range", self.init_range, low=0.0)
 
     @property
     def prefix_config(self) -> None:

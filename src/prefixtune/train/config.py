@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from prefixtune.core.config import ConfigError, check_type, option, unknown_option
+from prefixtune.core.config import ConfigError, check_range, check_type, option, unknown_option
 from prefixtune.data.builtins import BUILTINS
 from prefixtune.data.errors import DataError
 from prefixtune.data.sources import describe
@@ -20,6 +19,12 @@ from prefixtune.data.spec import TaskSpec
 from prefixtune.extras import require
 from prefixtune.train.methods import MethodName, train_method
 
+
+
+#: the largest lr and weight decay taken: AdamW moves each weight by about lr per step, and lr or
+#: lr x weight_decay past float32's range (3.4e38) would fail inside the optimizer
+MAX_RATE = 1000.0
+RATE_HINT = "a larger one can only diverge"
 
 
 @dataclass
@@ -111,11 +116,11 @@ class TrainConfig:
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0 (0: evaluate only at the end), got {self.eval_every}")
         if self.max_seconds is not None:
-            _check_finite_range("max_seconds", self.max_seconds, low=0.0, hint="0: one step; None: no budget")
-        _check_finite_range("lr", self.lr, low=0.0)
-        _check_finite_range("weight_decay", self.weight_decay, low=0.0)
-        _check_finite_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
-        _check_finite_range("max_grad_norm", self.max_grad_norm, low=0.0, hint="0 turns clipping off; a negative "
+            check_range("max_seconds", self.max_seconds, low=0.0, hint="0: one step; None: no budget")
+        check_range("lr", self.lr, low=0.0, high=MAX_RATE, hint=RATE_HINT)
+        check_range("weight_decay", self.weight_decay, low=0.0, high=MAX_RATE, hint=RATE_HINT)
+        check_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
+        check_range("max_grad_norm", self.max_grad_norm, low=0.0, hint="0 turns clipping off; a negative "
                             "limit would scale the gradient by a negative factor and ascend it")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}")
@@ -148,15 +153,6 @@ class TrainConfig:
         except ConfigError as e:
             message = str(e)
             raise ConfigError(message if message.startswith(f"{path}:") else f"{path}: {message}") from None
-
-
-def _check_finite_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
-                        hint: str = "") -> None:
-    """A ConfigError unless ``value`` is finite and within ``[low, high]`` (``(low, ...`` with ``low_open``)."""
-    below = value <= low if low_open else value < low
-    if not math.isfinite(value) or below or (high is not None and value > high):
-        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-        raise ConfigError(f"{name} must be a finite number {bounds}, got {value}" + (f" ({hint})" if hint else ""))
 
 
 @functools.cache
