@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -77,4 +78,42 @@ def save_tiny_bert(where: Path, **config) -> Path:
                        vocab_size=len(tok), **config)
     T.BertModel(cfg).save_pretrained(where)
     tok.save_pretrained(where)
+    return where
+
+
+def save_tiny_llama(where: Path) -> Path:
+    """A tiny random Llama (GQA 4/2 heads, 2 layers) with SmolLM2's real tokenizer, saved like any local model."""
+    tok = T.AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
+    torch.manual_seed(0)
+    cfg = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+                        bos_token_id=tok.bos_token_id)
+    T.LlamaForCausalLM(cfg).save_pretrained(where)
+    tok.save_pretrained(where)
+    return where
+
+
+def write_e2e_mini(where: Path) -> Path:
+    """A tiny E2E-like table-to-text task (CSV, train 40 rows, dev 8 inputs with two references each)."""
+    foods = ["French", "Thai", "Italian", "English"]
+    for split, n in (("train", 40), ("dev", 8)):
+        with open(where / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["mr", "ref"])
+            for i in range(n):
+                mr = f"name[Place {i}], food[{foods[i % 4]}]"
+                w.writerow([mr, f"Place {i} serves {foods[i % 4]} food."])
+                if split == "dev":
+                    w.writerow([mr, f"{foods[i % 4]} food at Place {i}."])
+    return where
+
+
+def write_sentiment(where: Path) -> Path:
+    """A tiny SST-2-like TSV task whose label is given away by one word (train 64, dev 16)."""
+    for split, n in (("train", 64), ("dev", 16)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            good = i % 2 == 0
+            rows.append(f"the film number {i} was {'wonderful' if good else 'dreadful'}\t{int(good)}")
+        (where / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     return where
