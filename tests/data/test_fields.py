@@ -42,6 +42,9 @@ def test_templates_fill_paths_and_refuse_lists():
         format_template("{src}", RECORD, "w")
     with pytest.raises(DataError, match="cannot be filled"):
         format_template("{meta.title", RECORD, "w")
+    for positional in ("{0}", "{}"):  # str.format's positional fields: once an IndexError
+        with pytest.raises(DataError, match="the template .* (uses column '0'|cannot be filled)"):
+            format_template(positional, RECORD, "w")
 
 
 def test_targets_and_scalars():
