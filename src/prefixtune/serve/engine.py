@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from prefixtune.evaluation.evaluate import GREEDY_BELOW
 from prefixtune.evaluation.stops import cut_at_stop
 
 POLICIES = ("mixed", "same", "none")
@@ -35,7 +36,8 @@ class ShuttingDown(RuntimeError):
 @dataclass
 class EngineSettings:
     """Fields: batching ``policy``, ``max_batch_size`` rows per generate call, ``batch_wait_ms``
-    to gather a batch, ``max_queue`` waiting requests before refusing with 429."""
+    to gather a batch, ``max_queue`` waiting requests before refusing with 429. Counts must be
+    >= 1 and the wait >= 0 (a ValueError naming the field: a batch size of 0 would never run)."""
 
     policy: str = "mixed"
     max_batch_size: int = 16
@@ -45,11 +47,20 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"batching policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("max_batch_size", "max_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EngineSettings.{name} must be an int >= 1, got {value!r}")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+            raise ValueError(f"EngineSettings.batch_wait_ms must be a finite number >= 0, got {wait!r}")
 
 
 @dataclass
 class Request:
-    """One completion: inputs, decoding settings, and where its tokens go."""
+    """One completion: inputs, decoding settings, and where its tokens go. A ``temperature``
+    below :data:`~prefixtune.evaluation.evaluate.GREEDY_BELOW` (1e-5) decodes greedily (dividing
+    logits by 1e-300 would overflow)."""
 
     adapter: str | None
     input_ids: list[int]
@@ -67,7 +78,7 @@ class Request:
 
     @property
     def sampling(self) -> tuple[bool, float, float]:
-        greedy = self.temperature <= 0.0
+        greedy = self.temperature < GREEDY_BELOW
         return (not greedy, 1.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
 
 
@@ -119,6 +130,11 @@ class BatchingEngine:
             self._stopping = True
             self._cv.notify_all()
         self._thread.join(timeout)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: new requests are refused."""
+        return self._stopping
 
     @property
     def queued(self) -> int:
