@@ -26,7 +26,9 @@ from prefixtune.serve.protocol import (ChatBody, ChatCompletion, Completion, Com
                                        GenerationBody, check_supported)
 
 #: the 200 of a completion route: JSON, or server-sent events when ``stream`` is true
-_OK = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+_EVENT = {"type": "object", "required": ["data"],  # one event (OpenAPI < 3.2: `schema` is per event)
+          "properties": {"data": {"type": "string", "description": "a JSON chunk, a JSON error or [DONE]"}}}
+_OK = {200: {"content": {"text/event-stream": {"schema": _EVENT}},
              "description": "the completion (JSON), or server-sent events of chunks when stream is true"}}
 RESPONSES = {**_OK, **{s: ERROR_RESPONSES[s] for s in (400, 401, 404, 413, 429, 500, 503)}}
 

@@ -6,8 +6,8 @@ lone UTF-16 surrogates (``"\\ud800"`` in the JSON) replaced by U+FFFD, as a deco
 ``errors="replace"`` would, since no tokenizer can encode them.
 
 OpenAI parameters the server does not implement are refused by :func:`check_supported` with a
-400 naming them, and so is any other unknown field, except those in :data:`IGNORED` (accepted
-and ignored). A parameter sent as ``null``, or as its no-op value (``echo: false``,
+400 naming them, and so is any other unknown field; ``user`` (OpenAI's end-user id) is accepted
+and ignored. A parameter sent as ``null``, or as its no-op value (``echo: false``,
 ``best_of: 1``, ``logit_bias: {}``, ...), is taken as not sent.
 """
 
@@ -32,9 +32,6 @@ Text = Annotated[str, AfterValidator(_replace_surrogates)]
 #: a JSON number, finite
 Number = Annotated[float, Field(allow_inf_nan=False)]
 
-#: unknown fields accepted and ignored (OpenAI's end-user id, harmless)
-IGNORED = ("user",)
-
 #: OpenAI parameters taken as not sent at these values
 _NO_OP: dict[str, Any] = {"echo": False, "best_of": 1, "logit_bias": {}, "tools": [], "tool_choice": "none",
                           "response_format": {"type": "text"}, "suffix": "", "parallel_tool_calls": False}
@@ -50,9 +47,9 @@ class StreamOptions(_Strict):
 
 class GenerationBody(BaseModel):
     """Fields both completion kinds take. Unknown fields are kept (``model_extra``) for
-    :func:`check_supported` to name."""
+    :func:`check_supported` to name; the schema says none are allowed (they are refused)."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow", json_schema_extra={"additionalProperties": False})
     model: Text
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[Number, Field(ge=0.0, le=2.0)] = 1.0
@@ -61,6 +58,7 @@ class GenerationBody(BaseModel):
     stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     ignore_eos: bool = False  # vLLM's extension: keep generating past EOS (benchmarks)
+    user: Text | None = None  # OpenAI's end-user id: accepted and ignored
 
 
 class CompletionBody(GenerationBody):
@@ -89,7 +87,7 @@ def check_supported(body: GenerationBody) -> None:
     docstring); ``param`` is the first of them."""
     extra = body.model_extra or {}
     refused = [k for k, v in extra.items()
-               if k not in IGNORED and v is not None and not (k in _NO_OP and v == _NO_OP[k])]
+               if v is not None and not (k in _NO_OP and v == _NO_OP[k])]
     if refused:
         raise APIError(400, f"unsupported parameter(s): {', '.join(refused)}", param=refused[0],
                        code="unsupported_parameter")
