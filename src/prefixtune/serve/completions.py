@@ -22,8 +22,7 @@ from fastapi.responses import StreamingResponse  # noqa: E402
 
 from prefixtune.serve.engine import BatchingEngine, Overloaded, Request, ShuttingDown  # noqa: E402
 from prefixtune.serve.errors import ERROR_RESPONSES, RETRY_AFTER_S, APIError, error_body  # noqa: E402
-from prefixtune.serve.protocol import (ChatBody, ChatCompletion, Completion, CompletionBody,  # noqa: E402
-                                       GenerationBody, check_supported)
+from prefixtune.serve.protocol import ChatBody, ChatCompletion, Completion, CompletionBody, GenerationBody  # noqa: E402
 
 #: the 200 of a completion route: JSON, or server-sent events when ``stream`` is true
 _EVENT = {"type": "object", "required": ["data"],  # one event (OpenAPI < 3.2: `schema` is per event)
@@ -70,7 +69,9 @@ class Generation:
         tok = engine.tokenizer
         start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         loop = asyncio.get_running_loop()
-        self.req = Request(adapter, prompt_ids or [start], max_tokens, body.temperature, body.top_p, stops, ignore_eos=body.ignore_eos, loop=loop,
+        self.req = Request(adapter, prompt_ids or [start], max_tokens, body.temperature, body.top_p, stops,
+                           ignore_eos=body.ignore_eos, seed=body.seed, presence_penalty=body.presence_penalty,
+                           frequency_penalty=body.frequency_penalty, logprobs=body.top_logprobs_count, loop=loop,
                            stream=asyncio.Queue() if body.stream else None, done=loop.create_future())
         try:
             engine.submit(self.req)
@@ -111,7 +112,41 @@ class Generation:
             yield _event(error_body(e.message, e.kind, e.code, e.param))
         else:
             yield _event(chunk("", req.finish_reason))
+            options = self.body.stream_options
+            if options is not None and options.include_usage:  # as OpenAI: a last chunk without choices
+                yield _event({**chunk("", None), "choices": [], "usage": self.usage()})
         yield "data: [DONE]\n\n"
+
+
+def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
+    return [tokenizer.decode([i], skip_special_tokens=True) for i in ids]
+
+
+def completion_logprobs(tokenizer: Any, req: Request) -> dict[str, Any]:
+    """The legacy completions format of ``req``'s log-probs: ``tokens`` (each token's text),
+    ``token_logprobs``, ``top_logprobs`` (text -> log-prob) and ``text_offset`` (where each token
+    starts in the completion's text, from 0)."""
+    steps = req.token_logprobs[:len(req.tokens)]
+    offsets = [len(tokenizer.decode(req.tokens[:j], skip_special_tokens=True)) for j in range(len(steps))]
+    return {"tokens": _pieces(tokenizer, req.tokens[:len(steps)]),
+            "token_logprobs": [chosen for chosen, _ in steps],
+            "top_logprobs": [dict(zip(_pieces(tokenizer, [t for t, _ in top]), [v for _, v in top]))
+                             for _, top in steps],
+            "text_offset": offsets}
+
+
+def chat_logprobs(tokenizer: Any, req: Request) -> dict[str, Any]:
+    """OpenAI's chat format of ``req``'s log-probs: ``{"content": [{"token", "logprob", "bytes",
+    "top_logprobs": [{"token", "logprob", "bytes"}, ...]}, ...]}`` (bytes: the text's UTF-8)."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = []
+    for piece, (chosen, top) in zip(_pieces(tokenizer, req.tokens), req.token_logprobs):
+        tops = [entry(p, v) for p, (_, v) in zip(_pieces(tokenizer, [t for t, _ in top]), top)]
+        content.append({**entry(piece, chosen), "top_logprobs": tops})
+    return {"content": content}
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -128,7 +163,7 @@ def add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: Any) -
 
     @app.post("/v1/completions", response_model=Completion, responses=RESPONSES)
     async def completions(body: CompletionBody) -> Any:
-        check_supported(body)
+        body.checked()
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         ids = (await _in_thread(tokenizer, prompt))["input_ids"]
         gen = Generation(engine, settings, body, list(ids), body.max_tokens or settings.default_max_tokens)
@@ -141,11 +176,14 @@ def add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: Any) -
         if body.stream:
             return _streamed(gen.events(chunk))
         req = await gen.result()
-        return {**chunk(req.text, req.finish_reason), "usage": gen.usage()}
+        out = {**chunk(req.text, req.finish_reason), "usage": gen.usage()}
+        if body.logprobs is not None:
+            out["choices"][0]["logprobs"] = completion_logprobs(tokenizer, req)
+        return out
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=RESPONSES)
     async def chat(body: ChatBody) -> Any:
-        check_supported(body)
+        body.checked()
         messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
         ids = await _in_thread(_chat_prompt_ids, tokenizer, messages)
         gen = Generation(engine, settings, body, ids, body.max_completion_tokens or body.max_tokens
@@ -163,5 +201,6 @@ def add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: Any) -
         req = await gen.result()
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": req.text},
-                             "logprobs": None, "finish_reason": req.finish_reason}],
+                             "logprobs": chat_logprobs(tokenizer, req) if body.logprobs else None,
+                             "finish_reason": req.finish_reason}],
                 "usage": gen.usage()}

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from prefixtune.evaluation.evaluate import GREEDY_BELOW
 from prefixtune.evaluation.stops import cut_at_stop
+from prefixtune.serve.sampling import Logprobs, Penalties, seeded
 
 POLICIES = ("mixed", "same", "none")
 
@@ -60,7 +61,12 @@ class EngineSettings:
 class Request:
     """One completion: inputs, decoding settings, and where its tokens go. A ``temperature``
     below :data:`~prefixtune.evaluation.evaluate.GREEDY_BELOW` (1e-5) decodes greedily (dividing
-    logits by 1e-300 would overflow)."""
+    logits by 1e-300 would overflow). A request with a ``seed`` runs in a batch of its own, so
+    that its sampled tokens depend on nothing else; ``presence_penalty`` and
+    ``frequency_penalty`` are OpenAI's; ``logprobs`` (the number of top tokens, 0 for the chosen
+    one only, None for none) fills ``token_logprobs``: per token ``(logprob, [(id, logprob)...])``,
+    complete before the request finishes (it may hold steps past ``tokens``: cut it to them).
+    """
 
     adapter: str | None
     input_ids: list[int]
@@ -69,12 +75,17 @@ class Request:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
     loop: asyncio.AbstractEventLoop | None = None
     stream: asyncio.Queue | None = None
     done: asyncio.Future | None = None
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     @property
     def sampling(self) -> tuple[bool, float, float]:
@@ -89,10 +100,13 @@ class _RowState(StoppingCriteria):
     input length: the bank shows stopping criteria the input ids also with soft prompts).
     """
 
-    def __init__(self, engine: "BatchingEngine", requests: list[Request], start: int) -> None:
-        self.engine, self.requests, self.start = engine, requests, start
+    def __init__(self, engine: "BatchingEngine", requests: list[Request], start: int,
+                 logprobs: Logprobs | None = None) -> None:
+        self.engine, self.requests, self.start, self.logprobs = engine, requests, start, logprobs
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.logprobs is not None:  # the step's tokens are chosen: their log-probs, before a row finishes
+            self.logprobs.finish(input_ids[:, -1])
         new = input_ids[:, self.start:].tolist()
         for i, req in enumerate(self.requests):
             if req.finish_reason is None:
@@ -166,8 +180,9 @@ class BatchingEngine:
                 self._cv.wait(left)
             first = self._queue[0]
             limit = 1 if s.policy == "none" else s.max_batch_size
-            chosen = [r for r in self._queue
-                      if r.sampling == first.sampling and (s.policy != "same" or r.adapter == first.adapter)][:limit]
+            chosen = [first] if first.seed is not None else [  # a seeded request runs alone
+                r for r in self._queue if r.seed is None and r.sampling == first.sampling
+                and (s.policy != "same" or r.adapter == first.adapter)][:limit]
             for r in chosen:
                 self._queue.remove(r)
             self._busy += 1
@@ -198,14 +213,22 @@ class BatchingEngine:
             mask[i, n - len(r.input_ids):] = 1
         device = self.bank.device
         do_sample, temperature, top_p = batch[0].sampling
-        state = _RowState(self, batch, n)  # stopping criteria see input ids + new tokens, prompts or not
+        processors = LogitsProcessorList()
+        if any(r.presence_penalty or r.frequency_penalty for r in batch):
+            processors.append(Penalties([r.presence_penalty for r in batch], [r.frequency_penalty for r in batch]))
+        recorder = None
+        if any(r.logprobs is not None for r in batch):  # after the penalties: the log-probs sampled from
+            recorder = Logprobs([r.logprobs for r in batch], [r.token_logprobs for r in batch])
+            processors.append(recorder)
+        state = _RowState(self, batch, n, recorder)  # stopping criteria see input ids + new tokens, prompts or not
         kwargs = dict(max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=do_sample,
                       pad_token_id=self.pad_id, eos_token_id=None,  # EOS is handled per request in _advance
-                      stopping_criteria=StoppingCriteriaList([state]))
+                      stopping_criteria=StoppingCriteriaList([state]), logits_processor=processors)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        out = self.bank.generate([r.adapter for r in batch], input_ids=ids.to(device),
-                                 attention_mask=mask.to(device), **kwargs)
+        with seeded(batch[0].seed, device):
+            out = self.bank.generate([r.adapter for r in batch], input_ids=ids.to(device),
+                                     attention_mask=mask.to(device), **kwargs)
         new = out[:, n:].tolist()  # the bank returns input ids + new tokens in both cases
         for i, r in enumerate(batch):
             if r.finish_reason is None:

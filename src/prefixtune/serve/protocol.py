@@ -5,7 +5,9 @@ Requests are strict: no coercion (``"stream": "yes"``, ``"max_tokens": true`` or
 lone UTF-16 surrogates (``"\\ud800"`` in the JSON) replaced by U+FFFD, as a decoder with
 ``errors="replace"`` would, since no tokenizer can encode them.
 
-OpenAI parameters the server does not implement are refused by :func:`check_supported` with a
+Implemented beyond the basics: ``seed``, ``presence_penalty``, ``frequency_penalty``,
+``logprobs`` (completions: an int; chat: a bool with ``top_logprobs``) and
+``stream_options.include_usage``. OpenAI parameters the server does not implement are refused by :func:`check_supported` with a
 400 naming them, and so is any other unknown field; ``user`` (OpenAI's end-user id) is accepted
 and ignored. A parameter sent as ``null``, or as its no-op value (``echo: false``,
 ``best_of: 1``, ``logit_bias: {}``, ...), is taken as not sent.
@@ -31,6 +33,8 @@ def _replace_surrogates(text: str) -> str:
 Text = Annotated[str, AfterValidator(_replace_surrogates)]
 #: a JSON number, finite
 Number = Annotated[float, Field(allow_inf_nan=False)]
+#: the most top tokens a request may ask log-probabilities of (OpenAI's chat limit)
+MAX_TOP_LOGPROBS = 20
 
 #: OpenAI parameters taken as not sent at these values
 _NO_OP: dict[str, Any] = {"echo": False, "best_of": 1, "logit_bias": {}, "tools": [], "tool_choice": "none",
@@ -59,10 +63,36 @@ class GenerationBody(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     ignore_eos: bool = False  # vLLM's extension: keep generating past EOS (benchmarks)
     user: Text | None = None  # OpenAI's end-user id: accepted and ignored
+    seed: Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | None = None
+    presence_penalty: Annotated[Number, Field(ge=-2.0, le=2.0)] = 0.0
+    frequency_penalty: Annotated[Number, Field(ge=-2.0, le=2.0)] = 0.0
+    stream_options: StreamOptions | None = None
+
+    def checked(self) -> None:
+        """Raises a 400 for what the server refuses: unsupported fields (:func:`check_supported`),
+        ``stream_options`` without ``stream``."""
+        check_supported(self)
+        if self.stream_options is not None and not self.stream:
+            raise APIError(400, "stream_options is only allowed with stream: true", param="stream_options")
+
+    @property
+    def top_logprobs_count(self) -> int | None:
+        """How many top tokens to report per generated token (0: the chosen one only; None: no log-probs)."""
+        return None
 
 
 class CompletionBody(GenerationBody):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    def checked(self) -> None:
+        super().checked()
+        if self.logprobs is not None and self.stream:
+            raise APIError(400, "logprobs are not served with stream: true", param="logprobs")
+
+    @property
+    def top_logprobs_count(self) -> int | None:
+        return self.logprobs
 
 
 class Message(_Strict):
@@ -74,6 +104,19 @@ class Message(_Strict):
 class ChatBody(GenerationBody):
     messages: Annotated[list[Message], Field(min_length=1)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+
+    def checked(self) -> None:
+        super().checked()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        if self.logprobs and self.stream:
+            raise APIError(400, "logprobs are not served with stream: true", param="logprobs")
+
+    @property
+    def top_logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class LoadBody(_Strict):
@@ -102,10 +145,20 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CompletionLogprobs(BaseModel):
+    """The legacy format: per generated token its text, log-probability, the top tokens'
+    log-probabilities and its character offset in the completion."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: dict[str, Any] | None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
@@ -123,10 +176,24 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessage
-    logprobs: dict[str, Any] | None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: Literal["stop", "length"] | None
 
 
