@@ -37,9 +37,9 @@ class LiveServer(ServerThread):
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
-    def raw(self, request: bytes, timeout: float = 10) -> bytes:
+    def raw(self, request: bytes, timeout: float = 10, until_closed: bool = False) -> bytes:
         """Send ``request`` as it is on a fresh socket; what comes back until the server closes or
-        one response's headers and body (by Content-Length) have arrived."""
+        (unless ``until_closed``) one response's headers and body (by Content-Length) have arrived."""
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
             sock.sendall(request)
             data = b""
@@ -52,7 +52,7 @@ class LiveServer(ServerThread):
                     break
                 data += chunk
                 head, sep, body = data.partition(b"\r\n\r\n")
-                if sep and b"content-length:" in head.lower():
+                if sep and b"content-length:" in head.lower() and not until_closed:
                     length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                     if len(body) >= length:
                         break

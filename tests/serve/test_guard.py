@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytest.importorskip("uvicorn")
@@ -24,8 +26,10 @@ def test_the_key_is_checked_before_the_body_is_read(server):
     # 60 MB announced, 1 byte sent: a server that read the body first would wait for the rest
     head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
             b"content-length: 60000000\r\n\r\n{")
-    response = server.raw(head, timeout=10)
+    start = time.monotonic()
+    response = server.raw(head, timeout=10, until_closed=True)
     assert _status(response) == 401 and b'"invalid_api_key"' in response
+    assert time.monotonic() - start < 3, "the server closes at once: the rest of the body is never read"
     with server.http(key=None) as http:
         r = http.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
@@ -53,7 +57,7 @@ def test_bodies_over_the_limit_get_413_by_content_length_or_while_streaming(toke
 def _check_body_limit(server):
     head = (f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
             f"content-type: application/json\r\ncontent-length: 5000\r\n\r\n").encode()
-    response = server.raw(head + b"{", timeout=10)
+    response = server.raw(head + b"{", timeout=10, until_closed=True)
     assert _status(response) == 413 and b'"request_too_large"' in response
 
     def chunks():  # no Content-Length: sent chunked

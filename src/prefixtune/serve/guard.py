@@ -5,7 +5,8 @@ In order: ``/health`` passes (it is open and reports draining itself); the API k
 takes the API key), so an unauthenticated client gets 401 without its body being read; a
 draining server answers 503 with ``Retry-After``; then the body is read, at most
 ``max_body_bytes`` of it — a larger ``Content-Length`` is refused (413) before reading, and a
-body without one (chunked) is refused as soon as it grows past the limit.
+body without one (chunked) is refused as soon as it grows past the limit. Each refusal closes
+the connection (``Connection: close``), so the rest of an unread body is never taken in.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ class Guard:
                 raise APIError(503, "the server is shutting down; retry on another replica or later",
                                "server_error", "shutting_down", headers={"Retry-After": str(RETRY_AFTER_S)})
             body = await self._read_body(headers, receive)
-        except APIError as e:
-            await error_response(e.status, e.message, e.kind, e.code, e.param, e.headers)(scope, receive, send)
+        except APIError as e:  # the body may be unread: close the connection rather than drain it
+            headers = {**e.headers, "Connection": "close"}
+            await error_response(e.status, e.message, e.kind, e.code, e.param, headers)(scope, receive, send)
             return
         if body is None:  # the client went away
             return
