@@ -65,3 +65,43 @@ def test_a_draining_server_answers_503_with_retry_after(tokenizer, adapters):
         release.set()
         assert running.result().status_code == 200, "the running request still finishes"
         stopping.result()
+
+
+def test_a_shutting_down_server_drains_new_requests_get_503(tokenizer):
+    """When uvicorn starts to shut down (SIGTERM, leaving ServerThread) the app is marked draining:
+    a request reaching it then gets 503 (here sent to the app directly: uvicorn no longer accepts
+    connections) while the running one finishes."""
+    import asyncio
+
+    import httpx
+
+    server, engine = make_server(tokenizer, {})
+    app = server.server.config.app
+    release = threading.Event()
+    real = engine.bank.generate
+
+    def held(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    engine.bank.generate = held
+
+    async def direct(path):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.get(path, headers={"Authorization": "Bearer test-key"})
+
+    with server, server.http() as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(http.post, "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+        while not engine._busy:
+            time.sleep(0.01)
+        server.server.should_exit = True
+        deadline = time.monotonic() + 10
+        while not app.state.drain.is_set():
+            assert time.monotonic() < deadline, "shutting down did not mark the app draining"
+            time.sleep(0.01)
+        r = asyncio.run(direct("/v1/models"))
+        assert r.status_code == 503 and r.headers["Retry-After"].isdigit()
+        assert asyncio.run(direct("/health")).json()["status"] == "draining"
+        release.set()
+        assert running.result().status_code == 200
