@@ -138,7 +138,10 @@ def test_shutdown_finishes_running_requests(tokenizer, adapters):
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(client.completions.create, model="table", prompt=f"x{i}", max_tokens=20,
                                    temperature=0) for i in range(3)]
-            time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while engine.queued + sum(engine.batches) < 3:  # all three are in the engine (a request still
+                assert time.monotonic() < deadline          # on its way when the shutdown starts gets 503)
+                time.sleep(0.01)
             server.server.should_exit = True  # like SIGTERM: stop accepting, finish what is running
             results = [f.result().choices[0].finish_reason for f in futures]
     assert len(results) == 3 and all(r in ("stop", "length") for r in results)  # none was cut off by the shutdown
