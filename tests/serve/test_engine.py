@@ -212,3 +212,12 @@ def test_a_leading_split_character_is_not_streamed_half_done():
     r = req("a", max_new_tokens=9)
     (chunks,) = streamed([(r, [9, 10, 5])], tokenizer=Bytes())
     assert chunks == ["é", "w5 ", None]
+
+
+def test_a_seeded_request_runs_alone_and_never_joins_a_batch():
+    e = engine(max_batch_size=8)
+    rs = [req("a"), req("a", seed=1), req("a"), req("a", seed=1)]
+    for r in rs:
+        e.submit(r)
+    assert e._take() == [rs[0], rs[2]]
+    assert e._take() == [rs[1]] and e._take() == [rs[3]]

@@ -7,46 +7,13 @@ import time
 
 import pytest
 import torch
-import transformers as T
 
 import prefixtune as pt
-from prefixtune.runtime.bank import AdapterBank
-from prefixtune.bundled.models import resolve
-from prefixtune.serve.app import ServerSettings, create_app
-from prefixtune.serve.engine import BatchingEngine, EngineSettings
-from prefixtune.serve.thread import ServerThread
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
-KEY, ADMIN = "test-key", "admin-key"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    tok = T.AutoTokenizer.from_pretrained(resolve("smollm2-135m"))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
-
-
-def tiny_llama(tokenizer, seed=0):
-    torch.manual_seed(seed)
-    cfg = T.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                        intermediate_size=64, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    return T.LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def adapters(tokenizer, tmp_path_factory):
-    out = {}
-    for name, cfg in {"table": pt.PrefixConfig(prefix_length=4, init_std=1.0, hidden_size=16),
-                      "soft": pt.PromptConfig(num_virtual_tokens=3, init_range=2.0)}.items():
-        path = tmp_path_factory.mktemp(name)
-        pt.wrap(tiny_llama(tokenizer), cfg).save_pretrained(path)
-        out[name] = path
-    return out
+from live_server import ADMIN, KEY, make_server, tiny_llama  # noqa: E402
 
 
 def expected_text(tokenizer, adapter, prompt, max_tokens):
@@ -56,21 +23,6 @@ def expected_text(tokenizer, adapter, prompt, max_tokens):
     out = pm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-
-class LiveServer(ServerThread):
-    def client(self, key=KEY):
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60)
-
-
-def make_server(tokenizer, adapters, **engine):
-    bank = AdapterBank(tiny_llama(tokenizer))
-    for name, path in adapters.items():
-        bank.add(name, path)
-    eng = BatchingEngine(bank, tokenizer, EngineSettings(**engine))
-    app = create_app(eng, ServerSettings(base_name="tiny", api_key=KEY, admin_key=ADMIN, max_prompt_tokens=64,
-                                         max_tokens=32))
-    return LiveServer(app), eng
 
 
 def test_models_completions_chat_and_streaming(tokenizer, adapters):
@@ -186,7 +138,10 @@ def test_shutdown_finishes_running_requests(tokenizer, adapters):
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             futures = [pool.submit(client.completions.create, model="table", prompt=f"x{i}", max_tokens=20,
                                    temperature=0) for i in range(3)]
-            time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while engine.queued + sum(engine.batches) < 3:  # all three are in the engine (a request still
+                assert time.monotonic() < deadline          # on its way when the shutdown starts gets 503)
+                time.sleep(0.01)
             server.server.should_exit = True  # like SIGTERM: stop accepting, finish what is running
             results = [f.result().choices[0].finish_reason for f in futures]
     assert len(results) == 3 and all(r in ("stop", "length") for r in results)  # none was cut off by the shutdown
@@ -225,7 +180,7 @@ def test_serve_command_runs_and_stops_on_sigterm(tokenizer, adapters, tmp_path):
             assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
             time.sleep(0.3)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
-        assert [m.id for m in client.models.list().data] == [str(model_dir), "table"]
+        assert [m.id for m in client.models.list().data] == ["tiny", "table"]  # the directory's name, not its path
         got = client.completions.create(model="table", prompt="hi", max_tokens=3, temperature=0).choices[0].text
         assert got == expected_text(tokenizer, adapters["table"], "hi", 3)
     finally:

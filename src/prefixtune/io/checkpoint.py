@@ -71,7 +71,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     checked where they are read, e.g. by :func:`load_parts`).
 
     Raises:
-        CheckpointError: no directory or manifest, not JSON or not an object, another format version.
+        CheckpointError: no directory or manifest, not JSON (or nested too deeply) or not an object,
+            another format version.
     """
     path = Path(path)
     cfg = path / CONFIG_NAME
@@ -83,6 +84,8 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise CheckpointError(f"{cfg}: not a manifest (nested too deeply to parse)") from None
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{cfg}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")

@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from prefixtune.evaluation.evaluate import GREEDY_BELOW
 from prefixtune.evaluation.stops import cut_at_stop
+from prefixtune.serve.sampling import Logprobs, Penalties, seeded
 
 POLICIES = ("mixed", "same", "none")
 
@@ -35,7 +37,8 @@ class ShuttingDown(RuntimeError):
 @dataclass
 class EngineSettings:
     """Fields: batching ``policy``, ``max_batch_size`` rows per generate call, ``batch_wait_ms``
-    to gather a batch, ``max_queue`` waiting requests before refusing with 429."""
+    to gather a batch, ``max_queue`` waiting requests before refusing with 429. Counts must be
+    >= 1 and the wait >= 0 (a ValueError naming the field: a batch size of 0 would never run)."""
 
     policy: str = "mixed"
     max_batch_size: int = 16
@@ -45,11 +48,25 @@ class EngineSettings:
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"batching policy must be one of {POLICIES}, got {self.policy!r}")
+        for name in ("max_batch_size", "max_queue"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"EngineSettings.{name} must be an int >= 1, got {value!r}")
+        wait = self.batch_wait_ms
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
+            raise ValueError(f"EngineSettings.batch_wait_ms must be a finite number >= 0, got {wait!r}")
 
 
 @dataclass
 class Request:
-    """One completion: inputs, decoding settings, and where its tokens go."""
+    """One completion: inputs, decoding settings, and where its tokens go. A ``temperature``
+    below :data:`~prefixtune.evaluation.evaluate.GREEDY_BELOW` (1e-5) decodes greedily (dividing
+    logits by 1e-300 would overflow). A request with a ``seed`` runs in a batch of its own, so
+    that its sampled tokens depend on nothing else; ``presence_penalty`` and
+    ``frequency_penalty`` are OpenAI's; ``logprobs`` (the number of top tokens, 0 for the chosen
+    one only, None for none) fills ``token_logprobs``: per token ``(logprob, [(id, logprob)...])``,
+    complete before the request finishes (it may hold steps past ``tokens``: cut it to them).
+    """
 
     adapter: str | None
     input_ids: list[int]
@@ -58,16 +75,21 @@ class Request:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
     loop: asyncio.AbstractEventLoop | None = None
     stream: asyncio.Queue | None = None
     done: asyncio.Future | None = None
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
+    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
 
     @property
     def sampling(self) -> tuple[bool, float, float]:
-        greedy = self.temperature <= 0.0
+        greedy = self.temperature < GREEDY_BELOW
         return (not greedy, 1.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
 
 
@@ -78,10 +100,13 @@ class _RowState(StoppingCriteria):
     input length: the bank shows stopping criteria the input ids also with soft prompts).
     """
 
-    def __init__(self, engine: "BatchingEngine", requests: list[Request], start: int) -> None:
-        self.engine, self.requests, self.start = engine, requests, start
+    def __init__(self, engine: "BatchingEngine", requests: list[Request], start: int,
+                 logprobs: Logprobs | None = None) -> None:
+        self.engine, self.requests, self.start, self.logprobs = engine, requests, start, logprobs
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        if self.logprobs is not None:  # the step's tokens are chosen: their log-probs, before a row finishes
+            self.logprobs.finish(input_ids[:, -1])
         new = input_ids[:, self.start:].tolist()
         for i, req in enumerate(self.requests):
             if req.finish_reason is None:
@@ -121,6 +146,11 @@ class BatchingEngine:
         self._thread.join(timeout)
 
     @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: new requests are refused."""
+        return self._stopping
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 
@@ -150,8 +180,9 @@ class BatchingEngine:
                 self._cv.wait(left)
             first = self._queue[0]
             limit = 1 if s.policy == "none" else s.max_batch_size
-            chosen = [r for r in self._queue
-                      if r.sampling == first.sampling and (s.policy != "same" or r.adapter == first.adapter)][:limit]
+            chosen = [first] if first.seed is not None else [  # a seeded request runs alone
+                r for r in self._queue if r.seed is None and r.sampling == first.sampling
+                and (s.policy != "same" or r.adapter == first.adapter)][:limit]
             for r in chosen:
                 self._queue.remove(r)
             self._busy += 1
@@ -182,14 +213,22 @@ class BatchingEngine:
             mask[i, n - len(r.input_ids):] = 1
         device = self.bank.device
         do_sample, temperature, top_p = batch[0].sampling
-        state = _RowState(self, batch, n)  # stopping criteria see input ids + new tokens, prompts or not
+        processors = LogitsProcessorList()
+        if any(r.presence_penalty or r.frequency_penalty for r in batch):
+            processors.append(Penalties([r.presence_penalty for r in batch], [r.frequency_penalty for r in batch]))
+        recorder = None
+        if any(r.logprobs is not None for r in batch):  # after the penalties: the log-probs sampled from
+            recorder = Logprobs([r.logprobs for r in batch], [r.token_logprobs for r in batch])
+            processors.append(recorder)
+        state = _RowState(self, batch, n, recorder)  # stopping criteria see input ids + new tokens, prompts or not
         kwargs = dict(max_new_tokens=max(r.max_new_tokens for r in batch), do_sample=do_sample,
                       pad_token_id=self.pad_id, eos_token_id=None,  # EOS is handled per request in _advance
-                      stopping_criteria=StoppingCriteriaList([state]))
+                      stopping_criteria=StoppingCriteriaList([state]), logits_processor=processors)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        out = self.bank.generate([r.adapter for r in batch], input_ids=ids.to(device),
-                                 attention_mask=mask.to(device), **kwargs)
+        with seeded(batch[0].seed, device):
+            out = self.bank.generate([r.adapter for r in batch], input_ids=ids.to(device),
+                                     attention_mask=mask.to(device), **kwargs)
         new = out[:, n:].tolist()  # the bank returns input ids + new tokens in both cases
         for i, r in enumerate(batch):
             if r.finish_reason is None:

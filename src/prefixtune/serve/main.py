@@ -1,21 +1,36 @@
-"""``prefixtune serve``: load the model and adapters, then run uvicorn."""
+"""``prefixtune serve``: load the model and adapters, then run uvicorn until SIGTERM."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from prefixtune.extras import require
 
 
+def served_model_name(model: str) -> str:
+    """The id ``/v1/models`` gives the base model loaded from ``model`` when ``--served-model-name``
+    is not given: a local directory's last component (never the server's filesystem path), a
+    bundled name or hub id (``org/name``) as it is."""
+    path = Path(os.path.expanduser(model))
+    if path.is_absolute() or path.exists() or model.startswith((".", "~")):
+        return path.resolve().name or "base"
+    return model
+
+
 def serve_from_args(args: Any) -> None:
     try:
-        uvicorn = require("uvicorn", "serve", "server")
+        require("uvicorn", "serve", "server")
     except ImportError:  # pragma: no cover
         raise ValueError("serving needs the serve extra: pip install 'prefixtune[serve]'") from None
+    import uvicorn
+
     from prefixtune.runtime.bank import AdapterBank
     from prefixtune.bundled.models import load_model
     from prefixtune.serve.app import ServerSettings, create_app
     from prefixtune.serve.engine import BatchingEngine, EngineSettings
+    from prefixtune.serve.thread import DrainingServer
 
     adapters = []
     for spec in args.adapter:
@@ -23,6 +38,11 @@ def serve_from_args(args: Any) -> None:
         if not sep or not name or not path:
             raise ValueError(f"--adapter expects NAME=DIR, got {spec!r}")
         adapters.append((name, path))
+    engine_settings = EngineSettings(policy=args.batching, max_batch_size=args.max_batch_size,
+                                     batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
+    settings = ServerSettings(base_name=args.served_model_name or served_model_name(args.model),
+                              api_key=args.api_key, admin_key=args.admin_key, max_prompt_tokens=args.max_prompt_tokens,
+                              max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
     model, tokenizer = load_model(args.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -30,8 +50,6 @@ def serve_from_args(args: Any) -> None:
     for name, path in adapters:
         bank.add(name, path)
         print(f"loaded adapter {name!r} from {path}")
-    engine = BatchingEngine(bank, tokenizer, EngineSettings(policy=args.batching, max_batch_size=args.max_batch_size,
-                                                            batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue))
-    app = create_app(engine, ServerSettings(base_name=args.model, api_key=args.api_key, admin_key=args.admin_key,
-                                            max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=60)
+    app = create_app(BatchingEngine(bank, tokenizer, engine_settings), settings)
+    DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                                  timeout_graceful_shutdown=60)).run()
