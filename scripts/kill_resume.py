@@ -10,7 +10,7 @@ small SST-2-like TSV task for ptuning_v2). Each round then trains the same confi
 directory, killed ``--kills`` times, each kill resuming the run the previous one left: half of them
 at random moments of the run's wall time, half at a random ``os.replace`` (the instant a checkpoint
 file, its manifest, ``config.json`` or ``best/`` is fully written to its temporary name but not yet
-in place). The round passes when the finished run's ``adapter/`` and ``best/`` tensor files are
+in place; ``save_every`` is 1, so every step writes a checkpoint). The round passes when the finished run's ``adapter/`` and ``best/`` tensor files are
 byte-identical to the reference's and its ``metrics.jsonl`` holds the same rows (the same steps,
 losses and scores, once each; timings aside).
 
@@ -64,17 +64,22 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _round(config_file: Path, reference: Path, seconds: float, kills: int, rng: random.Random) -> dict:
-    """One run killed ``kills`` times (alternately at a random replace and a random moment), then finished."""
+    """One run killed ``kills`` times, alternately at a random ``os.replace`` among the process's
+    first eight (those fall inside the next checkpoint or two: adapter files, optimizer state,
+    manifest, ``config.json``, ``best/``) and at a random moment (30-70% of an uninterrupted run's
+    wall time, start-up included), each kill resuming the run the last one left; then finished.
+    A kill that the run outlives by finishing ends the round early (it is not counted)."""
     landed, t0 = [], time.perf_counter()
     for i in range(kills):
         if i % 2 == 0:
-            n = rng.randint(1, 40)
-            if kill_at_replace(config_file, n):
-                landed.append(f"replace #{n}")
+            n = rng.randint(1, 8)
+            hit, what = kill_at_replace(config_file, n), f"replace #{n}"
         else:
-            t = rng.uniform(0.2, 1.0) * seconds
-            if kill_after(config_file, t):
-                landed.append(f"t={t:.1f}s")
+            t = rng.uniform(0.3, 0.7) * seconds
+            hit, what = kill_after(config_file, t), f"t={t:.1f}s"
+        if not hit:
+            break
+        landed.append(what)
     run_to_end(config_file)
     run = Path(json.loads(config_file.read_text())["out"])
     return {"kills": landed, "identical": _tensors(run) == _tensors(reference),
