@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
