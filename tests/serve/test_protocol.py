@@ -33,6 +33,9 @@ def test_ints_are_valid_floats_and_chat_fields_are_strict_too(http):
     assert http.post("/v1/completions", json={**COMPLETION, "temperature": 0, "top_p": 1}).status_code == 200
     r = http.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": 5}]})
     assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages.0.content")
+    for role in ("banana", "tool", ""):  # once rendered into the prompt as '<|im_start|>banana'
+        r = http.post("/v1/chat/completions", json={**CHAT, "messages": [{"role": role, "content": "hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.role", r.text
 
 
 def test_unsupported_parameters_are_refused_naming_them(http):

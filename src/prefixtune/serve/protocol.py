@@ -96,7 +96,8 @@ class CompletionBody(GenerationBody):
 
 
 class Message(_Strict):
-    role: Text
+    #: the roles a chat template renders; ``tool`` messages need tools, which are refused
+    role: Literal["system", "user", "assistant"]
     content: Text | None = ""
     name: Text | None = None
 
