@@ -68,12 +68,15 @@ def _add_logging_options(parser: argparse.ArgumentParser) -> None:
                         default=argparse.SUPPRESS, help="the same as --log-level warning (no progress bar either)")
 
 
+#: an argparse type for counts: an int >= 1
+COUNT = bounded(int, 1, name="int")
+
+
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve the base model and adapters over an OpenAI-compatible HTTP API",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                            epilog="max_tokens defaults: 16 for /v1/completions (OpenAI's legacy default); "
                                   "for /v1/chat/completions the --max-tokens limit (until EOS or the limit).")
-    count = bounded(int, 1, name="int")
     serve.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
     serve.add_argument("--served-model-name", default=None, metavar="NAME",
                        help="the base model's id in the API (default: the last component of --model's path, "
@@ -81,31 +84,19 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                        help="an adapter to serve under NAME (repeatable)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=_port, default=8000, help="1-65535")
+    serve.add_argument("--port", type=bounded(int, 1, name="int", high=65535), default=8000, help="1-65535")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (None: open)")
     serve.add_argument("--admin-key", default=None, help="enables POST/DELETE /admin/adapters with this key")
     serve.add_argument("--batching", default="mixed", choices=("mixed", "same", "none"),
                        help="batch requests across adapters, only of one adapter, or not at all")
-    serve.add_argument("--max-batch-size", type=count, default=16)
+    serve.add_argument("--max-batch-size", type=COUNT, default=16)
     serve.add_argument("--batch-wait-ms", type=bounded(float, 0, name="float"), default=5.0)
-    serve.add_argument("--max-queue", type=count, default=256, help="waiting requests before answering 429")
-    serve.add_argument("--max-prompt-tokens", type=count, default=2048)
-    serve.add_argument("--max-tokens", type=count, default=512,
+    serve.add_argument("--max-queue", type=COUNT, default=256, help="waiting requests before answering 429")
+    serve.add_argument("--max-prompt-tokens", type=COUNT, default=2048)
+    serve.add_argument("--max-tokens", type=COUNT, default=512,
                        help="largest max_tokens a request may ask for (and a chat's default)")
-    serve.add_argument("--max-body-bytes", type=count, default=1 << 20,
+    serve.add_argument("--max-body-bytes", type=COUNT, default=1 << 20,
                        help="largest request body; larger ones get 413")
-
-
-def _port(text: str) -> int:
-    """An argparse type: a TCP port, 1-65535."""
-    port = bounded(int, 1, name="int")(text)
-    if port > 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 1-65535, got {text!r}")
-    return port
-
-
-#: an argparse type for counts: an int >= 1
-COUNT = bounded(int, 1, name="int")
 
 
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:

@@ -46,18 +46,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Shows each option's default and keeps the line breaks of descriptions and epilogs."""
 
 
-def bounded(cast: type, low: float, *, name: str) -> Any:
-    """An argparse type: ``cast(text)``, finite and ``>= low``; anything else is refused naming
-    the value and the bound (``--limit 0`` must not silently score nothing, nor ``--temperature
-    nan`` silently decode greedily)."""
+def bounded(cast: type, low: float, *, name: str, high: float | None = None) -> Any:
+    """An argparse type: ``cast(text)``, finite, ``>= low`` and (if given) ``<= high``; anything
+    else is refused naming the value and the bounds (``--limit 0`` must not silently score
+    nothing, nor ``--temperature nan`` silently decode greedily)."""
+    bounds = f">= {low:g}" + (f" and <= {high:g}" if high is not None else "")
 
     def convert(text: str) -> Any:
         try:
             value = cast(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
-        if not math.isfinite(value) or value < low:
-            raise argparse.ArgumentTypeError(f"expected a finite {name} >= {low:g}, got {text!r}")
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected a finite {name} {bounds}, got {text!r}")
         return value
 
     convert.__name__ = name

@@ -59,11 +59,20 @@ def config_options(cls: type) -> dict[str, Option]:
 
 def check_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
                 hint: str = "") -> None:
-    """A ConfigError unless ``value`` is finite and within ``[low, high]`` (``(low, ...`` with ``low_open``)."""
+    """A ConfigError unless ``value`` is a finite number (an int or a float, not a bool) within
+    ``[low, high]`` (``(low, ...`` with ``low_open``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
     below = value <= low if low_open else value < low
     if not math.isfinite(value) or below or (high is not None and value > high):
         bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
         raise ConfigError(f"{name} must be a finite number {bounds}, got {value}" + (f" ({hint})" if hint else ""))
+
+
+def check_count(name: str, value: int, low: int = 1) -> None:
+    """A ConfigError unless ``value`` is an int (not a bool) ``>= low``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
 
 
 def unknown_option(key: str, known: list[str], what: str) -> ConfigError:

@@ -22,6 +22,7 @@ require("fastapi", "serve", "server")  # before the imports below, so that a mis
 from fastapi import FastAPI  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
+from prefixtune.core.config import check_count  # noqa: E402
 from prefixtune.runtime.bank import AdapterBank, UnknownAdapterError  # noqa: E402
 from prefixtune.serve.completions import add_completion_routes  # noqa: E402
 from prefixtune.serve.engine import BatchingEngine  # noqa: E402
@@ -38,7 +39,7 @@ class ServerSettings:
     (None = admin endpoints off), ``max_prompt_tokens``, ``max_tokens`` (the most a request may
     ask for, and a chat's default), ``default_max_tokens`` (a completion's default, 16 as OpenAI's),
     ``max_body_bytes`` (the largest request body read; 1 MiB, far above what ``max_prompt_tokens``
-    of text take). Counts must be >= 1 (a ValueError naming the field).
+    of text take). Counts must be >= 1 (a ConfigError, a ValueError, naming the field).
     """
 
     base_name: str = "base"
@@ -51,9 +52,7 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_tokens", "default_max_tokens", "max_body_bytes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ServerSettings.{name} must be an int >= 1, got {value!r}")
+            check_count(f"ServerSettings.{name}", getattr(self, name))
         if not self.base_name:
             raise ValueError("ServerSettings.base_name must not be empty")
 

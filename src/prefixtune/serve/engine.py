@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from prefixtune.core.config import check_count, check_range
 from prefixtune.evaluation.evaluate import GREEDY_BELOW
 from prefixtune.evaluation.stops import cut_at_stop
 from prefixtune.serve.sampling import Logprobs, Penalties, seeded
@@ -38,7 +39,8 @@ class ShuttingDown(RuntimeError):
 class EngineSettings:
     """Fields: batching ``policy``, ``max_batch_size`` rows per generate call, ``batch_wait_ms``
     to gather a batch, ``max_queue`` waiting requests before refusing with 429. Counts must be
-    >= 1 and the wait >= 0 (a ValueError naming the field: a batch size of 0 would never run)."""
+    >= 1 and the wait >= 0 (a ConfigError, a ValueError, naming the field: a batch size of 0 would
+    never run)."""
 
     policy: str = "mixed"
     max_batch_size: int = 16
@@ -49,12 +51,8 @@ class EngineSettings:
         if self.policy not in POLICIES:
             raise ValueError(f"batching policy must be one of {POLICIES}, got {self.policy!r}")
         for name in ("max_batch_size", "max_queue"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EngineSettings.{name} must be an int >= 1, got {value!r}")
-        wait = self.batch_wait_ms
-        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait < float("inf"):
-            raise ValueError(f"EngineSettings.batch_wait_ms must be a finite number >= 0, got {wait!r}")
+            check_count(f"EngineSettings.{name}", getattr(self, name))
+        check_range("EngineSettings.batch_wait_ms", self.batch_wait_ms, low=0.0)
 
 
 @dataclass

@@ -21,11 +21,9 @@ def served_model_name(model: str) -> str:
 
 def serve_from_args(args: Any) -> None:
     try:
-        require("uvicorn", "serve", "server")
+        uvicorn = require("uvicorn", "serve", "server")
     except ImportError:  # pragma: no cover
         raise ValueError("serving needs the serve extra: pip install 'prefixtune[serve]'") from None
-    import uvicorn
-
     from prefixtune.runtime.bank import AdapterBank
     from prefixtune.bundled.models import load_model
     from prefixtune.serve.app import ServerSettings, create_app

@@ -163,11 +163,17 @@ class CompletionChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None
 
 
-class Completion(BaseModel):
+class _Answer(BaseModel):
+    """The fields every completion response starts with (``object`` is each one's own)."""
+
     id: str
-    object: Literal["text_completion"]
+    object: str
     created: int
     model: str
+
+
+class Completion(_Answer):
+    object: Literal["text_completion"]
     choices: list[CompletionChoice]
     usage: Usage | None = None
 
@@ -198,11 +204,8 @@ class ChatChoice(BaseModel):
     finish_reason: Literal["stop", "length"] | None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(_Answer):
     object: Literal["chat.completion"]
-    created: int
-    model: str
     choices: list[ChatChoice]
     usage: Usage
 
