@@ -6,7 +6,7 @@ at most), fuzzes every operation of its ``/openapi.json`` with valid and schema-
 type, headers and body as declared), and prints per operation: examples tried, status codes
 seen, failures. Exit status 1 if anything failed.
 
-    PYTHONPATH=src .venv/bin/python bench/fuzz_http.py --max-examples 1000
+    PYTHONPATH=src:tests .venv/bin/python bench/fuzz_http.py --max-examples 300
 """
 
 from __future__ import annotations
