@@ -38,6 +38,11 @@ from prefixtune.core.layout import LocationShape, ModelLayout
 
 ATTN_NAME = "prefixtune"
 PREFIX_KWARG = "prefixtune_prefix"
+#: forward keyword of per-module key visibility: ``{attention module: (columns, visible)}``, both
+#: ``(B, k)`` bool: the columns given are visible exactly where ``visible`` is, whatever the model's
+#: own mask says (the serving engine's cached prefix columns: always visible, as prefix attention
+#: has them, also past a sliding window; hidden from the layers a prefix leaves out)
+KEY_MASK_KWARG = "prefixtune_key_mask"
 
 
 class UnsupportedModelError(ValueError):
@@ -66,6 +71,9 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         # transformers skips the mask here only when the keys past the queries are unused slots
         # of a pre-allocated cache (queries start at 0): causality aligned to the first key.
         attention_mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()[None, None]
+    overrides = kwargs.get(KEY_MASK_KWARG)
+    if overrides and module in overrides:
+        attention_mask = _override_keys(attention_mask, *overrides[module], causal, q_len, k_len)
     out, weights = prefix_attention(
         query, key, value,
         prefix_key=slot.key if slot else None,
@@ -81,6 +89,32 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         prefix_gate=slot.gate if slot else None,
     )
     return out.transpose(1, 2).contiguous(), weights
+
+
+def _override_keys(mask: torch.Tensor | None, columns: torch.Tensor, visible: torch.Tensor, causal: bool,
+                   q_len: int, k_len: int) -> torch.Tensor:
+    """``mask`` (bool or additive ``(B or 1, M, q, k)``, or None: all visible but causal) with the key
+    columns where ``columns`` ``(B, k)`` is True visible exactly where ``visible`` ``(B, k)`` is."""
+    columns, visible = columns.to(torch.bool)[:, None, None, :], visible.to(torch.bool)[:, None, None, :]
+    if mask is None:
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=columns.device)
+        mask = (mask.tril(k_len - q_len) if causal else mask)[None, None]
+    if mask.dtype == torch.bool:
+        return torch.where(columns, visible, mask)
+    zero = torch.zeros((), dtype=mask.dtype, device=mask.device)
+    low = torch.full((), torch.finfo(mask.dtype).min, dtype=mask.dtype, device=mask.device)
+    return torch.where(columns, torch.where(visible, zero, low), mask)
+
+
+def sliding_layers(config: Any) -> set[int]:
+    """The decoder layers whose attention has a sliding window (``layer_types``, or every layer of
+    a model that gives ``sliding_window`` but no layer types, as Mistral)."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return {i for i, t in enumerate(types) if "sliding" in t}
+    if getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True):
+        return set(range(config.num_hidden_layers))
+    return set()
 
 
 # transformers builds no mask at all for an attention name it has no mask function for; with

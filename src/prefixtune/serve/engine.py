@@ -1,4 +1,5 @@
-"""Dynamic micro-batching of generation requests across adapters.
+"""Dynamic micro-batching of generation requests across adapters (the engine before continuous
+batching, kept as ``--batching mixed|same|none`` and as the serving benchmark's baseline).
 
 A worker thread takes the oldest waiting request, waits up to ``batch_wait_ms`` for more, and
 runs one ``generate()`` over up to ``max_batch_size`` requests — each row with its own adapter
@@ -9,86 +10,44 @@ are pushed to streaming clients as they are produced.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from prefixtune.core.config import check_count, check_range
-from prefixtune.evaluation.evaluate import GREEDY_BELOW
-from prefixtune.evaluation.stops import cut_at_stop
+from prefixtune.serve.request import Outputs, Overloaded, Request, ShuttingDown
 from prefixtune.serve.sampling import Logprobs, Penalties, seeded
 
-POLICIES = ("mixed", "same", "none")
-
-
-class Overloaded(RuntimeError):
-    """The queue is full; the client should retry later (HTTP 429)."""
-
-
-class ShuttingDown(RuntimeError):
-    """The server is draining; no new work is accepted (HTTP 503)."""
+POLICIES = ("continuous", "mixed", "same", "none")
 
 
 @dataclass
 class EngineSettings:
-    """Fields: batching ``policy``, ``max_batch_size`` rows per generate call, ``batch_wait_ms``
-    to gather a batch, ``max_queue`` waiting requests before refusing with 429. Counts must be
-    >= 1 and the wait >= 0 (a ConfigError, a ValueError, naming the field: a batch size of 0 would
+    """Fields: batching ``policy`` (``"continuous"``: :class:`~prefixtune.serve.continuous.ContinuousEngine`,
+    the default; ``"mixed"``, ``"same"``, ``"none"``: this module's micro-batching),
+    ``max_batch_size`` rows at once, ``max_batch_tokens`` tokens per step of the continuous
+    engine (decoding rows plus a chunk of new prompts), ``batch_wait_ms`` to gather a
+    micro-batch, ``max_queue`` waiting requests before refusing with 429. Counts must be >= 1
+    and the wait >= 0 (a ConfigError, a ValueError, naming the field: a batch size of 0 would
     never run)."""
 
-    policy: str = "mixed"
-    max_batch_size: int = 16
+    policy: str = "continuous"
+    max_batch_size: int = 32
     batch_wait_ms: float = 5.0
     max_queue: int = 256
+    max_batch_tokens: int = 512
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"batching policy must be one of {POLICIES}, got {self.policy!r}")
-        for name in ("max_batch_size", "max_queue"):
+        for name in ("max_batch_size", "max_queue", "max_batch_tokens"):
             check_count(f"EngineSettings.{name}", getattr(self, name))
         check_range("EngineSettings.batch_wait_ms", self.batch_wait_ms, low=0.0)
-
-
-@dataclass
-class Request:
-    """One completion: inputs, decoding settings, and where its tokens go. A ``temperature``
-    below :data:`~prefixtune.evaluation.evaluate.GREEDY_BELOW` (1e-5) decodes greedily (dividing
-    logits by 1e-300 would overflow). A request with a ``seed`` runs in a batch of its own, so
-    that its sampled tokens depend on nothing else; ``presence_penalty`` and
-    ``frequency_penalty`` are OpenAI's; ``logprobs`` (the number of top tokens, 0 for the chosen
-    one only, None for none) fills ``token_logprobs``: per token ``(logprob, [(id, logprob)...])``,
-    complete before the request finishes (it may hold steps past ``tokens``: cut it to them).
-    """
-
-    adapter: str | None
-    input_ids: list[int]
-    max_new_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
-    seed: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: int | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    stream: asyncio.Queue | None = None
-    done: asyncio.Future | None = None
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    finish_reason: str | None = None
-    token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
-
-    @property
-    def sampling(self) -> tuple[bool, float, float]:
-        greedy = self.temperature < GREEDY_BELOW
-        return (not greedy, 1.0 if greedy else self.temperature, 1.0 if greedy else self.top_p)
 
 
 class _RowState(StoppingCriteria):
@@ -126,6 +85,7 @@ class BatchingEngine:
         self.settings = settings or EngineSettings()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
+        self.outputs = Outputs(tokenizer, self.eos_id)
         self._queue: deque[Request] = deque()
         self._cv = threading.Condition()
         self._stopping = False
@@ -238,50 +198,7 @@ class BatchingEngine:
 
     def _advance(self, req: Request, row: list[int]) -> None:
         """Take the row's tokens generated so far; publish what is new; decide if it is done."""
-        fresh = row[len(req.tokens):]
-        for tok in fresh:
-            if req.finish_reason is not None:
-                return
-            if tok == self.eos_id and not req.ignore_eos:
-                self._finish(req, "stop")
-                return
-            req.tokens.append(tok)
-            text = self.tokenizer.decode(req.tokens, skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, req.stop)
-            if stopped:
-                self._emit(req, text)
-                self._finish(req, "stop")
-                return
-            self._emit(req, text)
-            if len(req.tokens) >= req.max_new_tokens:
-                self._finish(req, "length")
-                return
-
-    def _emit(self, req: Request, text: str) -> None:
-        # Hold back a trailing replacement character: a multi-byte character may be incomplete.
-        stable = text[:-1] if text.endswith("\ufffd") else text
-        if len(stable) > len(req.text) and stable.startswith(req.text):
-            delta, req.text = stable[len(req.text):], stable
-            if req.stream is not None and req.loop is not None:
-                req.loop.call_soon_threadsafe(req.stream.put_nowait, delta)
+        self.outputs.advance(req, row)
 
     def _finish(self, req: Request, reason: str, error: Exception | None = None) -> None:
-        req.finish_reason = reason
-        if error is None:
-            final, _ = cut_at_stop(self.tokenizer.decode(req.tokens, skip_special_tokens=True), req.stop)
-            if len(final) > len(req.text) and final.startswith(req.text):
-                if req.stream is not None and req.loop is not None:
-                    req.loop.call_soon_threadsafe(req.stream.put_nowait, final[len(req.text):])
-                req.text = final
-        if req.loop is not None:
-            if req.stream is not None:
-                req.loop.call_soon_threadsafe(req.stream.put_nowait, None)
-            if req.done is not None:
-                def settle(fut: asyncio.Future = req.done) -> None:
-                    if fut.done():
-                        return
-                    if error is not None:
-                        fut.set_exception(error)
-                    else:
-                        fut.set_result(req)
-                req.loop.call_soon_threadsafe(settle)
+        self.outputs.finish(req, reason, error)

@@ -95,3 +95,47 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed & 0xFFFF_FFFF_FFFF_FFFF)
         yield
+
+
+def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` ``(V,)`` with the tokens outside the smallest set of probability >= ``top_p``
+    set to -inf (the most likely token always stays), as transformers' top-p warper."""
+    if top_p >= 1.0:
+        return logits
+    ordered, order = logits.sort(descending=False)
+    cumulative = ordered.softmax(-1).cumsum(-1)
+    drop = cumulative <= (1 - top_p)
+    drop[-1] = False
+    return logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+
+
+def choose(logits: torch.Tensor, rows: Sequence) -> tuple[list[int], list[bool]]:
+    """Each row's next token from its own settings, and which rows' logits were not finite.
+
+    ``logits``: ``(B, V)`` float32, one row per :class:`~prefixtune.serve.batch.Row` (each with
+    its ``req``, ``generator`` and ``counts``). Penalties apply first; a row that asks for
+    log-probs gets them (of the penalized distribution) appended to ``req.token_logprobs``;
+    greedy rows take the arg-max, sampling rows draw from ``softmax(logits / T)`` cut to top-p
+    with their own generator.
+    """
+    for i, row in enumerate(rows):
+        req = row.req
+        if row.counts and (req.presence_penalty or req.frequency_penalty):
+            ids = torch.tensor(list(row.counts), device=logits.device)
+            counts = torch.tensor(list(row.counts.values()), dtype=logits.dtype, device=logits.device)
+            logits[i, ids] -= req.presence_penalty + req.frequency_penalty * counts
+    bad = (~torch.isfinite(logits).all(-1)).tolist()
+    chosen = logits.argmax(-1).tolist()
+    for i, row in enumerate(rows):
+        do_sample, temperature, top_p = row.req.sampling
+        if bad[i]:
+            continue
+        if do_sample:
+            probs = _top_p(logits[i] / temperature, top_p).softmax(-1)
+            chosen[i] = int(torch.multinomial(probs, 1, generator=row.generator))
+        if row.req.logprobs is not None:
+            logp = torch.log_softmax(logits[i], -1).clamp_min(MIN_LOGPROB)  # (V,)
+            values, ids = logp.topk(row.req.logprobs) if row.req.logprobs else (logp[:0], logp[:0].long())
+            row.req.token_logprobs.append((float(logp[chosen[i]]), list(zip(ids.tolist(), values.tolist()))))
+        row.counts[chosen[i]] = row.counts.get(chosen[i], 0) + 1
+    return chosen, bad
