@@ -11,7 +11,8 @@ import transformers as T
 
 from prefixtune.runtime.bank import AdapterBank
 from prefixtune.serve.app import ServerSettings, create_app
-from prefixtune.serve.engine import BatchingEngine, EngineSettings
+from prefixtune.serve.continuous import make_engine
+from prefixtune.serve.engine import EngineSettings
 from prefixtune.serve.thread import ServerThread
 
 KEY, ADMIN = "test-key", "admin-key"
@@ -60,13 +61,31 @@ class LiveServer(ServerThread):
 
 
 def make_server(tokenizer: Any, adapters: dict[str, Any], settings: dict[str, Any] | None = None,
-                tokenizer_for_engine: Any = None, **engine: Any) -> tuple[LiveServer, BatchingEngine]:
+                tokenizer_for_engine: Any = None, **engine: Any) -> tuple[LiveServer, Any]:
     """A server with ``adapters`` loaded (name -> directory), keys :data:`KEY` and :data:`ADMIN`,
     64 prompt tokens and 32 new tokens at most (``settings`` overrides), ``engine`` settings."""
     bank = AdapterBank(tiny_llama(tokenizer))
     for name, path in adapters.items():
         bank.add(name, path)
-    eng = BatchingEngine(bank, tokenizer_for_engine or tokenizer, EngineSettings(**engine))
+    eng = make_engine(bank, tokenizer_for_engine or tokenizer, EngineSettings(**engine))
     options = dict(base_name="tiny", api_key=KEY, admin_key=ADMIN, max_prompt_tokens=64, max_tokens=32)
     app = create_app(eng, ServerSettings(**{**options, **(settings or {})}))
     return LiveServer(app), eng
+
+
+def model_call(engine: Any) -> tuple[Any, str]:
+    """``(object, attribute)`` of the call through which ``engine`` runs the model: the continuous
+    engine's per-step forward, or the micro-batching engine's ``bank.generate`` (to hold or break it)."""
+    return (engine.model, "forward") if hasattr(engine, "running") else (engine.bank, "generate")
+
+
+def hold(engine: Any, release: Any) -> None:
+    """Every model call of ``engine`` waits for the event ``release`` first (at most 30 s)."""
+    obj, name = model_call(engine)
+    real = getattr(obj, name)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    setattr(obj, name, held)

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("uvicorn")
 
-from live_server import make_server  # noqa: E402
+from live_server import hold, make_server  # noqa: E402
 
 
 def test_overload_429_says_when_to_retry(tokenizer, adapters):
@@ -41,17 +41,11 @@ def test_models_by_id_including_ids_with_slashes(tokenizer, adapters):
 def test_a_draining_server_answers_503_with_retry_after(tokenizer, adapters):
     server, engine = make_server(tokenizer, {})
     release = threading.Event()
-    real = engine.bank.generate
-
-    def held(*args, **kwargs):  # the running request holds the worker until released
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    engine.bank.generate = held
+    hold(engine, release)  # the running request holds the worker until released
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 3}
     with server, server.http() as http, concurrent.futures.ThreadPoolExecutor(2) as pool:
         running = pool.submit(http.post, "/v1/completions", json=body)
-        while engine.queued or not engine._busy:  # the request is being generated
+        while engine.queued or not engine.busy:  # the request is being generated
             time.sleep(0.01)
         stopping = pool.submit(engine.stop)  # as the shutdown does, while a request runs
         while not engine._stopping:
@@ -78,13 +72,7 @@ def test_a_shutting_down_server_drains_new_requests_get_503(tokenizer):
     server, engine = make_server(tokenizer, {})
     app = server.server.config.app
     release = threading.Event()
-    real = engine.bank.generate
-
-    def held(*args, **kwargs):
-        release.wait(30)
-        return real(*args, **kwargs)
-
-    engine.bank.generate = held
+    hold(engine, release)
 
     async def direct(path):
         transport = httpx.ASGITransport(app=app)
@@ -93,7 +81,7 @@ def test_a_shutting_down_server_drains_new_requests_get_503(tokenizer):
 
     with server, server.http() as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
         running = pool.submit(http.post, "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
-        while not engine._busy:
+        while not engine.busy:
             time.sleep(0.01)
         server.server.should_exit = True
         deadline = time.monotonic() + 10

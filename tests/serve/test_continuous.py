@@ -123,8 +123,8 @@ def test_faults_stay_with_their_request():
     bank.remove("prompt4")  # while its request waits behind a full batch
     run(engine, {0: []})
     for r in (nan_sampled, nan_greedy):
-        assert r.finish_reason == "error" and r.tokens == []
-    assert unloaded.finish_reason == "error"
+        assert r.finish_reason == "error" and r.tokens == [] and isinstance(r.error, NonFiniteLogits)
+    assert unloaded.finish_reason == "error" and isinstance(unloaded.error, UnknownAdapterError)
     for r in good:
         assert r.finish_reason == "length" and r.tokens == alone(bank, r)
 

@@ -10,7 +10,7 @@ from transformers import StoppingCriteria
 
 pytest.importorskip("uvicorn")
 
-from live_server import ADMIN, make_server  # noqa: E402
+from live_server import ADMIN, make_server, model_call  # noqa: E402
 
 
 def _is_openai_error(body: dict) -> bool:
@@ -43,7 +43,7 @@ def test_an_engine_error_is_a_json_500(server, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("the accelerator fell over")
 
-    monkeypatch.setattr(engine.bank, "generate", broken)
+    monkeypatch.setattr(*model_call(engine), broken)
     with server.http() as http:
         r = http.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
     assert r.status_code == 500 and _is_openai_error(r.json()), r.text
@@ -64,13 +64,16 @@ def test_an_unexpected_exception_is_a_json_500(server, monkeypatch):
 
 def test_an_error_mid_stream_ends_with_an_error_event_and_done(server, monkeypatch):
     server, engine = server
-    real = engine.bank.generate
+    obj, name = model_call(engine)
+    real, calls = getattr(obj, name), []
 
-    def failing(*args, stopping_criteria, **kwargs):
-        stopping_criteria.append(_FailAfter(2))
-        return real(*args, stopping_criteria=stopping_criteria, **kwargs)
+    def failing(*args, **kwargs):  # the prefill and one step publish two tokens, the next call fails
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("the accelerator fell over")
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.bank, "generate", failing)
+    monkeypatch.setattr(obj, name, failing)
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 10, "stream": True, "ignore_eos": True}
     with server.http() as http:
         with http.stream("POST", "/v1/completions", json=body) as r:

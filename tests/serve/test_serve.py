@@ -57,12 +57,12 @@ def test_concurrent_requests_match_one_at_a_time(tokenizer, adapters):
         client = server.client()
         serial = [client.completions.create(model=m, prompt=p, max_tokens=10, temperature=0).choices[0].text
                   for m, p in zip(models, prompts)]
-        engine.batches.clear()
+        engine.steps.clear()
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
             parallel = list(pool.map(lambda mp: client.completions.create(
                 model=mp[0], prompt=mp[1], max_tokens=10, temperature=0).choices[0].text, zip(models, prompts)))
     assert parallel == serial
-    assert max(engine.batches) > 1, "concurrent requests for different adapters must share a batch"
+    assert max(engine.steps) > 1, "concurrent requests for different adapters must share decoding steps"
 
 
 def test_errors(tokenizer, adapters):
@@ -139,7 +139,7 @@ def test_shutdown_finishes_running_requests(tokenizer, adapters):
             futures = [pool.submit(client.completions.create, model="table", prompt=f"x{i}", max_tokens=20,
                                    temperature=0) for i in range(3)]
             deadline = time.monotonic() + 30
-            while engine.queued + sum(engine.batches) < 3:  # all three are in the engine (a request still
+            while engine.queued + engine.taken < 3:  # all three are in the engine (a request still
                 assert time.monotonic() < deadline          # on its way when the shutdown starts gets 503)
                 time.sleep(0.01)
             server.server.should_exit = True  # like SIGTERM: stop accepting, finish what is running

@@ -87,9 +87,12 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=bounded(int, 1, name="int", high=65535), default=8000, help="1-65535")
     serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (None: open)")
     serve.add_argument("--admin-key", default=None, help="enables POST/DELETE /admin/adapters with this key")
-    serve.add_argument("--batching", default="mixed", choices=("mixed", "same", "none"),
-                       help="batch requests across adapters, only of one adapter, or not at all")
-    serve.add_argument("--max-batch-size", type=COUNT, default=16)
+    serve.add_argument("--batching", default="continuous", choices=("continuous", "mixed", "same", "none"),
+                       help="continuous batching across adapters (requests join and leave at every step), or "
+                            "the older micro-batching: across adapters, only of one adapter, or not at all")
+    serve.add_argument("--max-batch-size", type=COUNT, default=32, help="rows decoded together")
+    serve.add_argument("--max-batch-tokens", type=COUNT, default=512,
+                       help="tokens per step of continuous batching (decoding rows + a chunk of new prompts)")
     serve.add_argument("--batch-wait-ms", type=bounded(float, 0, name="float"), default=5.0)
     serve.add_argument("--max-queue", type=COUNT, default=256, help="waiting requests before answering 429")
     serve.add_argument("--max-prompt-tokens", type=COUNT, default=2048)

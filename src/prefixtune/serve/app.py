@@ -25,7 +25,6 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from prefixtune.core.config import check_count  # noqa: E402
 from prefixtune.runtime.bank import AdapterBank, UnknownAdapterError  # noqa: E402
 from prefixtune.serve.completions import add_completion_routes  # noqa: E402
-from prefixtune.serve.engine import BatchingEngine  # noqa: E402
 from prefixtune.serve.errors import ERROR_RESPONSES, RETRY_AFTER_S, APIError, add_error_handlers  # noqa: E402
 from prefixtune.serve.guard import Guard  # noqa: E402
 from prefixtune.serve.protocol import Health, LoadBody, Loaded, Model, ModelList, Unloaded  # noqa: E402
@@ -66,7 +65,7 @@ class ServerSettings:
         return model
 
 
-def create_app(engine: BatchingEngine, settings: ServerSettings) -> FastAPI:
+def create_app(engine: Any, settings: ServerSettings) -> FastAPI:
     """The FastAPI application; starts the engine's worker with the app and drains it at shutdown.
 
     ``app.state.drain`` (a :class:`threading.Event`) set means shutting down: new requests get 503
@@ -99,7 +98,7 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: ERROR_RESPONSES[s] for s in statuses}
 
 
-def _add_info_routes(app: FastAPI, engine: BatchingEngine, settings: ServerSettings, draining: Any) -> None:
+def _add_info_routes(app: FastAPI, engine: Any, settings: ServerSettings, draining: Any) -> None:
     """``GET /health`` (open; 503 while draining), ``GET /v1/models`` and ``GET /v1/models/{id}``."""
     bank = engine.bank
 

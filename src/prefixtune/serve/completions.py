@@ -18,9 +18,11 @@ from prefixtune.extras import require
 
 require("fastapi", "serve", "server")  # before the imports below, so that a missing fastapi names the extra
 from fastapi import FastAPI  # noqa: E402
+from fastapi import Request as HTTPRequest  # noqa: E402
 from fastapi.responses import StreamingResponse  # noqa: E402
 
-from prefixtune.serve.engine import BatchingEngine, Overloaded, Request, ShuttingDown  # noqa: E402
+from prefixtune.runtime.bank import UnknownAdapterError  # noqa: E402
+from prefixtune.serve.request import ContextTooLong, Overloaded, Request, ShuttingDown  # noqa: E402
 from prefixtune.serve.errors import ERROR_RESPONSES, RETRY_AFTER_S, APIError, error_body  # noqa: E402
 from prefixtune.serve.protocol import ChatBody, ChatCompletion, Completion, CompletionBody, GenerationBody  # noqa: E402
 
@@ -54,7 +56,7 @@ class Generation:
     from BOS instead).
     """
 
-    def __init__(self, engine: BatchingEngine, settings: Any, body: GenerationBody, prompt_ids: list[int],
+    def __init__(self, engine: Any, settings: Any, body: GenerationBody, prompt_ids: list[int],
                  max_tokens: int) -> None:
         self.engine, self.settings, self.body = engine, settings, body
         self.prompt_tokens = len(prompt_ids)
@@ -81,13 +83,23 @@ class Generation:
         except ShuttingDown as e:
             raise APIError(503, str(e), "server_error", "shutting_down",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        except ContextTooLong as e:
+            raise APIError(400, str(e), param="max_tokens", code="context_length_exceeded") from None
+        except UnknownAdapterError as e:
+            raise APIError(404, str(e), code="model_not_found", param="model") from None
 
     def usage(self) -> dict[str, int]:
         n, m = self.prompt_tokens, len(self.req.tokens)
         return {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m}
 
-    async def result(self) -> Request:
-        """The finished request; a 500 in OpenAI's shape if generation failed."""
+    async def result(self, disconnected: Callable[[], Any] | None = None) -> Request:
+        """The finished request; a 500 in OpenAI's shape if generation failed. ``disconnected``
+        (an async predicate, polled every 0.5 s) cancels the request once the client is gone."""
+        while disconnected is not None and not self.req.done.done():
+            await asyncio.wait({self.req.done}, timeout=0.5)
+            if not self.req.done.done() and await disconnected():
+                self.engine.cancel(self.req)
+                break
         try:
             return await self.req.done
         except Exception as e:
@@ -101,11 +113,15 @@ class Generation:
         req = self.req
         if first is not None:
             yield _event(first)
-        while True:
-            delta = await req.stream.get()
-            if delta is None:
-                break
-            yield _event(chunk(delta, None))
+        try:
+            while True:
+                delta = await req.stream.get()
+                if delta is None:
+                    break
+                yield _event(chunk(delta, None))
+        finally:  # the client went away mid-stream (the response task is cancelled): free the row now
+            if req.finish_reason is None:
+                self.engine.cancel(req)
         try:
             await self.result()
         except APIError as e:
@@ -157,12 +173,12 @@ def _streamed(events: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type="text/event-stream")
 
 
-def add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: Any) -> None:
+def add_completion_routes(app: FastAPI, engine: Any, settings: Any) -> None:
     """The two completion routes on ``app`` (``settings``: a :class:`~prefixtune.serve.app.ServerSettings`)."""
     tokenizer = engine.tokenizer
 
     @app.post("/v1/completions", response_model=Completion, responses=RESPONSES)
-    async def completions(body: CompletionBody) -> Any:
+    async def completions(body: CompletionBody, request: HTTPRequest) -> Any:
         body.checked()
         prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
         ids = (await _in_thread(tokenizer, prompt))["input_ids"]
@@ -175,14 +191,14 @@ def add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: Any) -
 
         if body.stream:
             return _streamed(gen.events(chunk))
-        req = await gen.result()
+        req = await gen.result(request.is_disconnected)
         out = {**chunk(req.text, req.finish_reason), "usage": gen.usage()}
         if body.logprobs is not None:
             out["choices"][0]["logprobs"] = completion_logprobs(tokenizer, req)
         return out
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=RESPONSES)
-    async def chat(body: ChatBody) -> Any:
+    async def chat(body: ChatBody, request: HTTPRequest) -> Any:
         body.checked()
         messages = [{"role": m.role, "content": m.content or ""} for m in body.messages]
         ids = await _in_thread(_chat_prompt_ids, tokenizer, messages)
@@ -198,7 +214,7 @@ def add_completion_routes(app: FastAPI, engine: BatchingEngine, settings: Any) -
 
         if body.stream:
             return _streamed(gen.events(chunk, first=chunk("", None, {"role": "assistant", "content": ""})))
-        req = await gen.result()
+        req = await gen.result(request.is_disconnected)
         return {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": req.text},
                              "logprobs": chat_logprobs(tokenizer, req) if body.logprobs else None,

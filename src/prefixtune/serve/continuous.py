@@ -83,6 +83,7 @@ class ContinuousEngine:
         self._prefilling: Prefill | None = None
         self.steps: list[int] = []  # rows per decoding step (for tests and benchmarks)
         self.prefills: list[int] = []  # rows per prefill group
+        self.taken = 0  # requests taken from the queue so far
 
     # ------------------------------------------------------------------ the server's side
 
@@ -104,6 +105,11 @@ class ContinuousEngine:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """Requests are being prefilled or decoded."""
+        return bool(self.running.rows) or self._prefilling is not None
 
     @property
     def idle(self) -> bool:
@@ -182,6 +188,7 @@ class ContinuousEngine:
             taken = []
             while self._queue and len(taken) < room:
                 taken.append(self._queue.popleft())
+            self.taken += len(taken)
         rows = []
         with torch.inference_mode():
             for req in taken:
@@ -259,8 +266,10 @@ class ContinuousEngine:
                 self.outputs.finish(running.rows[i].req, "cancelled")
             running.keep([i for i, r in enumerate(running.rows) if not r.req.cancelled])
         with self._cv:
-            for req in [r for r in self._queue if r.cancelled]:
-                self._queue.remove(req)
+            gone = [r for r in self._queue if r.cancelled]
+            if gone:
+                self._queue = deque(r for r in self._queue if not r.cancelled)
+            for req in gone:
                 self.outputs.finish(req, "cancelled")
 
 

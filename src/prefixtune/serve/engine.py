@@ -66,7 +66,9 @@ class _RowState(StoppingCriteria):
             self.logprobs.finish(input_ids[:, -1])
         new = input_ids[:, self.start:].tolist()
         for i, req in enumerate(self.requests):
-            if req.finish_reason is None:
+            if req.finish_reason is None and req.cancelled:
+                self.engine._finish(req, "cancelled")
+            elif req.finish_reason is None:
                 self.engine._advance(req, new[i])
         return torch.tensor([r.finish_reason is not None for r in self.requests], device=input_ids.device)
 
@@ -112,6 +114,16 @@ class BatchingEngine:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running."""
+        return self._busy > 0
+
+    @property
+    def taken(self) -> int:
+        """Requests taken from the queue so far."""
+        return sum(self.batches)
+
     def submit(self, req: Request) -> None:
         with self._cv:
             if self._stopping:
@@ -120,6 +132,14 @@ class BatchingEngine:
                 raise Overloaded(f"too many waiting requests ({self.settings.max_queue}); retry later")
             self._queue.append(req)
             self._cv.notify()
+
+    def cancel(self, req: Request) -> None:
+        """The client is gone: drop ``req`` if it waits; a running row stops at its next step."""
+        req.cancel()
+        with self._cv:
+            if any(r is req for r in self._queue):
+                self._queue = deque(r for r in self._queue if r is not req)
+                self._finish(req, "cancelled")
 
     # ------------------------------------------------------------------ worker
 

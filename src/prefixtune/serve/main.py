@@ -27,7 +27,8 @@ def serve_from_args(args: Any) -> None:
     from prefixtune.runtime.bank import AdapterBank
     from prefixtune.bundled.models import load_model
     from prefixtune.serve.app import ServerSettings, create_app
-    from prefixtune.serve.engine import BatchingEngine, EngineSettings
+    from prefixtune.serve.continuous import make_engine
+    from prefixtune.serve.engine import EngineSettings
     from prefixtune.serve.thread import DrainingServer
 
     adapters = []
@@ -37,7 +38,8 @@ def serve_from_args(args: Any) -> None:
             raise ValueError(f"--adapter expects NAME=DIR, got {spec!r}")
         adapters.append((name, path))
     engine_settings = EngineSettings(policy=args.batching, max_batch_size=args.max_batch_size,
-                                     batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue)
+                                     batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
+                                     max_batch_tokens=args.max_batch_tokens)
     settings = ServerSettings(base_name=args.served_model_name or served_model_name(args.model),
                               api_key=args.api_key, admin_key=args.admin_key, max_prompt_tokens=args.max_prompt_tokens,
                               max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
@@ -48,6 +50,6 @@ def serve_from_args(args: Any) -> None:
     for name, path in adapters:
         bank.add(name, path)
         print(f"loaded adapter {name!r} from {path}")
-    app = create_app(BatchingEngine(bank, tokenizer, engine_settings), settings)
+    app = create_app(make_engine(bank, tokenizer, engine_settings), settings)
     DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                                   timeout_graceful_shutdown=60)).run()

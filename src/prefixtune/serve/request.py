@@ -61,6 +61,7 @@ class Request:
     finish_reason: str | None = None
     token_logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
     cancelled: bool = False
+    error: Exception | None = None
     _text: TextStream | None = field(default=None, repr=False)
 
     @property
@@ -123,7 +124,7 @@ class Outputs:
         ``error`` if given)."""
         if req.finish_reason is not None:
             return
-        req.finish_reason = reason
+        req.finish_reason, req.error = reason, error
         if error is None:
             self._emit(req, self._stream_of(req).final())
         if req.loop is not None:
