@@ -189,3 +189,47 @@ def test_serve_command_runs_and_stops_on_sigterm(tokenizer, adapters, tmp_path):
     # uvicorn shuts down gracefully, then re-raises the signal so the exit status says SIGTERM
     assert code in (0, -signal.SIGTERM)
     assert "Finished server process" in proc.stdout.read()
+
+
+def _slowed(engine, seconds):
+    """Every model call of the engine takes ``seconds`` longer (so that a long request is still running)."""
+    from live_server import model_call
+
+    obj, name = model_call(engine)
+    real = getattr(obj, name)
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    setattr(obj, name, slow)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_frees_its_row_at_once(tokenizer, adapters, stream):
+    """The defect: a disconnected client's row kept generating to max_tokens (1000 steps of 10 ms
+    here); now the request is cancelled within a step of the disconnect (or of the next 0.5 s poll
+    of a non-streamed request), and the next request is served at once."""
+    import httpx
+
+    server, engine = make_server(tokenizer, adapters, settings={"max_tokens": 1000})
+    _slowed(engine, 0.01)
+    body = {"model": "table", "prompt": "hello", "max_tokens": 1000, "ignore_eos": True, "stream": stream}
+    with server:
+        with server.http(timeout=1.0) as http:
+            if stream:
+                with http.stream("POST", "/v1/completions", json=body) as r:
+                    lines = r.iter_lines()
+                    while not next(lines).startswith("data: {"):
+                        pass  # the first token arrived: the row is running; leaving the block disconnects
+            else:
+                with pytest.raises(httpx.ReadTimeout):
+                    http.post("/v1/completions", json=body)
+        gone = time.monotonic()
+        while engine.busy:
+            assert time.monotonic() - gone < 3, "the abandoned request is still generating"
+            time.sleep(0.01)
+        start = time.monotonic()
+        out = server.client().completions.create(model="table", prompt="next", max_tokens=3, temperature=0)
+        assert out.choices[0].finish_reason in ("stop", "length") and time.monotonic() - start < 3
+    assert engine.steps and max(engine.steps) == 1
