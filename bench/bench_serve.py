@@ -47,13 +47,29 @@ def make_adapters(model_name: str, where: Path, count: int) -> dict[str, Path]:
     return out
 
 
+def adapter_bank(where: Path, count: int = 8) -> tuple:
+    """``(bank, tokenizer, adapter names)``: SmolLM2-135M with :func:`make_adapters`' adapters."""
+    from prefixtune.bundled.models import load_model
+    from prefixtune.runtime.bank import AdapterBank
+
+    paths = make_adapters("smollm2-135m", where, count)
+    model, tok = load_model("smollm2-135m")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    bank = AdapterBank(model)
+    for name, path in paths.items():
+        bank.add(name, path)
+    return bank, tok, list(paths)
+
+
 def run_policy(bank, tokenizer, policy: str, requests: list[tuple[str, str]], clients: int, new_tokens: int) -> dict:
     import openai
 
     from prefixtune.serve.app import ServerSettings, create_app
-    from prefixtune.serve.engine import BatchingEngine, EngineSettings
+    from prefixtune.serve.continuous import make_engine
+    from prefixtune.serve.engine import EngineSettings
 
-    engine = BatchingEngine(bank, tokenizer, EngineSettings(policy=policy, max_batch_size=16, batch_wait_ms=5))
+    engine = make_engine(bank, tokenizer, EngineSettings(policy=policy, max_batch_size=16, batch_wait_ms=5))
     app = create_app(engine, ServerSettings(base_name="smollm2-135m", max_tokens=new_tokens))
     latencies: list[float] = []
     from prefixtune.serve.thread import ServerThread
@@ -75,7 +91,12 @@ def run_policy(bank, tokenizer, policy: str, requests: list[tuple[str, str]], cl
     lat = sorted(latencies)
     return {"policy": policy, "requests": len(requests), "wall_s": wall, "rps": len(requests) / wall,
             "p50_s": statistics.median(lat), "p95_s": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))],
-            "mean_batch": statistics.mean(engine.batches), "batches": len(engine.batches)}
+            "mean_batch": statistics.mean(sizes(engine)), "batches": len(sizes(engine))}
+
+
+def sizes(engine) -> list[int]:
+    """Rows per batch: per decoding step (continuous) or per ``generate`` call (micro-batches)."""
+    return engine.steps if hasattr(engine, "steps") else engine.batches
 
 
 def main() -> None:
@@ -87,24 +108,15 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_serve.json")
     args = p.parse_args()
     torch.set_num_threads(2)
-    from prefixtune.runtime.bank import AdapterBank
-    from prefixtune.bundled.models import load_model
-
     new_tokens, n_req, rounds = (8, 8, 1) if args.quick else (64, args.requests, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_adapters("smollm2-135m", Path(tmp), 8)
-        model, tok = load_model("smollm2-135m")
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        bank = AdapterBank(model)
-        for name, path in paths.items():
-            bank.add(name, path)
+        bank, tok, names = adapter_bank(Path(tmp))
         rng = random.Random(0)
         foods = ["Italian", "French", "Thai", "English", "Chinese", "Indian", "Japanese", "fast food"]
-        results: dict[str, list[dict]] = {"mixed": [], "same": [], "none": []}
+        results: dict[str, list[dict]] = {"continuous": [], "mixed": [], "same": [], "none": []}
         for r in range(rounds):
-            for policy in ("mixed", "same", "none"):
-                reqs = [(rng.choice(list(paths)), f"name[Place {rng.randint(1, 99)}], food[{rng.choice(foods)}]\n")
+            for policy in ("continuous", "mixed", "same", "none"):
+                reqs = [(rng.choice(names), f"name[Place {rng.randint(1, 99)}], food[{rng.choice(foods)}]\n")
                         for _ in range(n_req)]
                 res = run_policy(bank, tok, policy, reqs, clients=16, new_tokens=new_tokens)
                 results[policy].append(res)
@@ -124,7 +136,7 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(), "new_tokens": new_tokens, "clients": 16,
             "requests_per_round": n_req, "rounds": rounds}
     args.json.write_text(json.dumps({"meta": meta, "rounds": results, "summary": summary}, indent=2))
-    m, s, n = summary["mixed"], summary["same"], summary["none"]
+    c, m, s, n = summary["continuous"], summary["mixed"], summary["same"], summary["none"]
     section = f"""## Serving: mixed-adapter batching (SmolLM2-135M, CPU)
 
 Command: `{cmd}` · {meta['date']} · torch {meta['torch']} · 2 cores{' · **QUICK smoke sizes, not real numbers**' if args.quick else ''}
@@ -132,16 +144,18 @@ Command: `{cmd}` · {meta['date']} · torch {meta['torch']} · 2 cores{' · **QU
 8 adapters (4 prefixes of length 5/10/15/20, 4 prompts of 5/10/15/20 virtual tokens), 16 concurrent
 `openai` clients against a live server on 127.0.0.1, each request for a random adapter, greedy,
 {new_tokens} new tokens (`ignore_eos`); {n_req} requests per policy per round, {rounds} alternating rounds.
-Policies: (a) `mixed` — one batch holds requests for any adapters; (b) `same` — a batch holds one
+Policies: (0) `continuous` — the default engine: rows join and leave at every decoding step (its
+mean batch size is rows per step); (a) `mixed` — one micro-batch holds requests for any adapters; (b) `same` — a batch holds one
 adapter's requests; (c) `none` — one request at a time. Max batch 16, gathering window 5 ms.
 
 | policy | requests/s | p50 latency (s) | p95 latency (s) | mean batch size |
 |---|---:|---:|---:|---:|
+| (0) continuous | {c['rps']:.3f} | {c['p50_s']:.1f} | {c['p95_s']:.1f} | {c['mean_batch']:.1f} |
 | (a) mixed | {m['rps']:.3f} | {m['p50_s']:.1f} | {m['p95_s']:.1f} | {m['mean_batch']:.1f} |
 | (b) same adapter | {s['rps']:.3f} | {s['p50_s']:.1f} | {s['p95_s']:.1f} | {s['mean_batch']:.1f} |
 | (c) one at a time | {n['rps']:.3f} | {n['p50_s']:.1f} | {n['p95_s']:.1f} | {n['mean_batch']:.1f} |
 
-Throughput (a)/(c) **{m['rps'] / n['rps']:.2f}×** (target ≥ 3), (a)/(b) **{m['rps'] / s['rps']:.2f}×** (target ≥ 1.5);
+Continuous / mixed micro-batching: **{c['rps'] / m['rps']:.2f}×** throughput. Throughput (a)/(c) **{m['rps'] / n['rps']:.2f}×** (target ≥ 3), (a)/(b) **{m['rps'] / s['rps']:.2f}×** (target ≥ 1.5);
 p95 latency (a) {m['p95_s']:.1f} s vs (b) {s['p95_s']:.1f} s (target: no worse).
 Raw numbers: `docs/bench_serve.json`.
 """

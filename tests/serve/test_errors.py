@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from transformers import StoppingCriteria
 
 pytest.importorskip("uvicorn")
 
@@ -15,19 +14,6 @@ from live_server import ADMIN, make_server, model_call  # noqa: E402
 
 def _is_openai_error(body: dict) -> bool:
     return set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
-
-
-class _FailAfter(StoppingCriteria):
-    """Raises at decoding step ``steps`` + 1 (after that many tokens were published)."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def __call__(self, input_ids, scores, **kwargs):
-        self.steps -= 1
-        if self.steps < 0:
-            raise RuntimeError("the accelerator fell over")
-        return False
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,7 @@ def prefix_attention(
     position_bias: torch.Tensor | None = None,
     need_weights: bool = False,
     prefix_gate: torch.Tensor | None = None,
+    prefix_in_keys: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scaled dot-product attention over ``[prefix; keys]``.
 
@@ -75,6 +76,10 @@ def prefix_attention(
         need_weights: also return the attention probabilities ``(B, H, q, P + k)``.
         prefix_gate: ``(H_kv,)``: attend to the real keys and to the prefix separately and return
             ``attn(real) + tanh(gate) * attn(prefix)`` (LLaMA-Adapter's zero-init gating).
+        prefix_in_keys: ``P`` when the prefix is already the first ``P`` keys/values (a KV cache that
+            holds it): nothing is concatenated, ``attention_mask`` and ``is_causal`` still concern
+            the real keys only (then ``prefix_key``/``prefix_value`` must be None and ``prefix_mask``,
+            if given, marks the real ones of those ``P``).
 
     Returns:
         ``(out, weights)``: ``out`` is ``(B, H, q, d)``; ``weights`` is None unless asked for.
@@ -85,6 +90,9 @@ def prefix_attention(
         raise ValueError(f"{heads} query heads is not a multiple of {key.shape[1]} key/value heads")
     scaling = dim ** -0.5 if scaling is None else scaling
     gqa = heads != key.shape[1]
+    if prefix_in_keys:
+        return _cached_prefix(query, key, value, prefix_in_keys, prefix_mask, attention_mask, is_causal, scaling,
+                              dropout, softcap, need_weights, gqa)
 
     if prefix_key is not None:
         prefix_key = _rows(prefix_key.to(key.dtype), batch)
@@ -115,6 +123,26 @@ def prefix_attention(
         mask = mask | ~mask.any(dim=-1, keepdim=True)
     if position_bias is not None:
         mask = _biased(position_bias, mask, query.dtype)
+    if softcap is None and not need_weights:
+        return _sdpa(query, key, value, mask, scaling, dropout, gqa), None
+    return _explicit_softmax(query, key, value, mask, scaling, softcap, dropout)
+
+
+def _cached_prefix(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, n_prefix: int,
+                   prefix_mask: torch.Tensor | None, attention_mask: torch.Tensor | None, is_causal: bool,
+                   scaling: float, dropout: float, softcap: float | None, need_weights: bool,
+                   gqa: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`prefix_attention` when key/value ``(B, H_kv, P + k, d)`` already start with the prefix:
+    the same masks as :func:`_prepend_prefix` builds, without the concatenation."""
+    batch, _, q_len, _ = query.shape
+    k_len = key.shape[2] - n_prefix
+    mask = attention_mask
+    if mask is None and is_causal and q_len > 1:
+        mask = causal_mask(q_len, k_len, query.device)
+    if mask is not None or prefix_mask is not None:
+        mask = _with_prefix_columns(mask, prefix_mask, batch, n_prefix, q_len, k_len, device=query.device)
+    if mask is not None and mask.dtype == torch.bool and prefix_mask is not None:
+        mask = mask | ~mask.any(dim=-1, keepdim=True)  # as in prefix_attention: no query row sees nothing
     if softcap is None and not need_weights:
         return _sdpa(query, key, value, mask, scaling, dropout, gqa), None
     return _explicit_softmax(query, key, value, mask, scaling, softcap, dropout)

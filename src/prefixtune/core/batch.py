@@ -7,7 +7,7 @@ also there when gradient checkpointing recomputes a layer and at every step of `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -25,12 +25,15 @@ class SlotPrefix:
         mask: ``(B or 1, P)`` bool, True where a slot is a real prefix position; None = all real.
         gate: ``(H_kv,)`` gate logits (the prefix's attention is scaled by ``tanh(gate)`` and
             added to the real tokens' attention), or None for plain joint attention.
+        in_cache: the keys/values the module attends to already start with this prefix (the KV
+            cache holds it), so it is not prepended again.
     """
 
     key: torch.Tensor
     value: torch.Tensor
     mask: torch.Tensor | None = None
     gate: torch.Tensor | None = None
+    in_cache: bool = False
 
 
 class PrefixBatch:
@@ -52,6 +55,13 @@ class PrefixBatch:
 
     def get(self, module: nn.Module) -> SlotPrefix | None:
         return self.slots.get(module)
+
+    def cached(self, modules: set[nn.Module]) -> "PrefixBatch":
+        """This batch with the prefixes of ``modules`` marked as held by the KV cache."""
+        slots = {m: replace(s, in_cache=True) if m in modules else s for m, s in self.slots.items()}
+        view = PrefixBatch(slots, self.lengths, self.capture)
+        view.need_weights = self.need_weights
+        return view
 
     @classmethod
     def single(cls, kvs: dict[str, torch.Tensor], layers: dict[str, tuple[int, ...]],

@@ -35,6 +35,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from prefixtune.core.attention import prefix_attention
 from prefixtune.core.batch import PrefixBatch, Slot
 from prefixtune.core.layout import LocationShape, ModelLayout
+from prefixtune.hf import cache as kv_cache
 
 ATTN_NAME = "prefixtune"
 PREFIX_KWARG = "prefixtune_prefix"
@@ -66,7 +67,8 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
     if batch is not None and batch.capture is not None:
         batch.capture[module] = (key.detach(), value.detach())
     causal = is_causal if is_causal is not None else bool(getattr(module, "is_causal", False))
-    q_len, k_len = query.shape[2], key.shape[2]
+    in_cache = slot.key.shape[2] if slot is not None and slot.in_cache else 0  # the first keys are the prefix
+    q_len, k_len = query.shape[2], key.shape[2] - in_cache
     if attention_mask is None and causal and 1 < q_len < k_len:
         # transformers skips the mask here only when the keys past the queries are unused slots
         # of a pre-allocated cache (queries start at 0): causality aligned to the first key.
@@ -76,8 +78,8 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         attention_mask = _override_keys(attention_mask, *overrides[module], causal, q_len, k_len)
     out, weights = prefix_attention(
         query, key, value,
-        prefix_key=slot.key if slot else None,
-        prefix_value=slot.value if slot else None,
+        prefix_key=slot.key if slot and not in_cache else None,
+        prefix_value=slot.value if slot and not in_cache else None,
         prefix_mask=slot.mask if slot else None,
         attention_mask=attention_mask,
         is_causal=causal and attention_mask is None,
@@ -87,6 +89,7 @@ def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value:
         position_bias=position_bias,
         need_weights=bool(kwargs.get("output_attentions", False) or (batch is not None and batch.need_weights)),
         prefix_gate=slot.gate if slot else None,
+        prefix_in_keys=in_cache,
     )
     return out.transpose(1, 2).contiguous(), weights
 
@@ -316,8 +319,30 @@ class Injection:
 
     def _add_prefix(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
         if self._active is not None and kwargs.get(PREFIX_KWARG) is None:
-            kwargs[PREFIX_KWARG] = self._active
+            kwargs[PREFIX_KWARG] = self._cached_view(self._active, kwargs)
         return args, kwargs
+
+    def _cached_view(self, batch: PrefixBatch, kwargs: dict[str, Any]) -> PrefixBatch:
+        """``batch``, or, when the call carries a KV cache that holds (or can hold) its decoder
+        prefixes, ``batch`` with those marked as in the cache (see docs/design.md, "Positions" and
+        "Serving"). A fresh ``DynamicCache`` gets the prefixes written into it here, once: decoding
+        steps then attend to them as cached keys instead of concatenating them every time."""
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is None or not batch.slots or self.is_encoder_decoder:
+            return batch
+        held = getattr(cache, "_prefixtune_held", None)
+        if held is not None:
+            return held[1] if held[0] is batch else batch
+        slots = {layer: batch.get(m) for (loc, layer), m in self.modules.items() if loc == "decoder_self"}
+        slots = {layer: s for layer, s in slots.items() if s is not None}
+        grads = torch.is_grad_enabled() and any(s.key.requires_grad or s.value.requires_grad for s in slots.values())
+        if (not slots or grads or batch.capture is not None or batch.need_weights
+                or any(s.gate is not None for s in slots.values()) or not kv_cache.fresh_dynamic(cache)):
+            return batch
+        kv_cache.hold_prefix(cache, {layer: (s.key, s.value) for layer, s in slots.items()})
+        view = batch.cached({self.modules[("decoder_self", layer)] for layer in slots})
+        cache._prefixtune_held = (batch, view)
+        return view
 
     @contextlib.contextmanager
     def active(self, batch: PrefixBatch | None) -> Iterator[None]:
