@@ -76,10 +76,9 @@ def prefix_attention(
         need_weights: also return the attention probabilities ``(B, H, q, P + k)``.
         prefix_gate: ``(H_kv,)``: attend to the real keys and to the prefix separately and return
             ``attn(real) + tanh(gate) * attn(prefix)`` (LLaMA-Adapter's zero-init gating).
-        prefix_in_keys: ``P`` when the prefix is already the first ``P`` keys/values (a KV cache that
-            holds it): nothing is concatenated, ``attention_mask`` and ``is_causal`` still concern
-            the real keys only (then ``prefix_key``/``prefix_value`` must be None and ``prefix_mask``,
-            if given, marks the real ones of those ``P``).
+        prefix_in_keys: ``P`` when key/value already start with the prefix (a KV cache holds it): no
+            concatenation; masks and causality concern the last ``k - P`` keys; ``prefix_key`` and
+            ``prefix_value`` are then None and ``prefix_mask`` marks the real ones of the ``P``.
 
     Returns:
         ``(out, weights)``: ``out`` is ``(B, H, q, d)``; ``weights`` is None unless asked for.
@@ -93,7 +92,6 @@ def prefix_attention(
     if prefix_in_keys:
         return _cached_prefix(query, key, value, prefix_in_keys, prefix_mask, attention_mask, is_causal, scaling,
                               dropout, softcap, need_weights, gqa)
-
     if prefix_key is not None:
         prefix_key = _rows(prefix_key.to(key.dtype), batch)
         prefix_value = _rows(prefix_value.to(value.dtype), batch)
@@ -108,21 +106,33 @@ def prefix_attention(
             and not need_weights and (not is_causal or q_len == 1 or q_len == k_len))
     if fast:
         return _unmasked(query, key, value, prefix_key, prefix_value, is_causal, scaling, dropout, gqa), None
-
     mask = attention_mask
     if mask is None and is_causal and (q_len > 1 or k_len > q_len):
         mask = causal_mask(q_len, k_len, query.device)
-
     if prefix_key is not None:
         key, value, mask, position_bias = _prepend_prefix(query, key, value, prefix_key, prefix_value, prefix_mask,
                                                           mask, position_bias)
     if mask is not None and mask.dtype == torch.bool and (prefix_key is None or prefix_mask is not None):
-        # A query row that may see nothing (a padding position with no prefix) would give NaN,
-        # and NaN values poison later layers through 0 * NaN; let such rows see everything.
-        # Their outputs belong to padding and are never used. Rows with a prefix always see it.
-        mask = mask | ~mask.any(dim=-1, keepdim=True)
+        mask = _seeing_something(mask)
     if position_bias is not None:
         mask = _biased(position_bias, mask, query.dtype)
+    return _attend(query, key, value, mask, scaling, dropout, softcap, need_weights, gqa)
+
+
+def _seeing_something(mask: torch.Tensor) -> torch.Tensor:
+    """A bool mask whose query rows that may see nothing see everything instead.
+
+    Such a row (a padding position with no prefix) would give NaN, and NaN values poison later
+    layers through 0 * NaN. Its outputs belong to padding and are never used; rows with a prefix
+    always see it.
+    """
+    return mask | ~mask.any(dim=-1, keepdim=True)
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+            dropout: float, softcap: float | None, need_weights: bool, gqa: bool) -> tuple[torch.Tensor,
+                                                                                         torch.Tensor | None]:
+    """SDPA, or the explicit softmax where softcapping or the weights are needed."""
     if softcap is None and not need_weights:
         return _sdpa(query, key, value, mask, scaling, dropout, gqa), None
     return _explicit_softmax(query, key, value, mask, scaling, softcap, dropout)
@@ -142,10 +152,8 @@ def _cached_prefix(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     if mask is not None or prefix_mask is not None:
         mask = _with_prefix_columns(mask, prefix_mask, batch, n_prefix, q_len, k_len, device=query.device)
     if mask is not None and mask.dtype == torch.bool and prefix_mask is not None:
-        mask = mask | ~mask.any(dim=-1, keepdim=True)  # as in prefix_attention: no query row sees nothing
-    if softcap is None and not need_weights:
-        return _sdpa(query, key, value, mask, scaling, dropout, gqa), None
-    return _explicit_softmax(query, key, value, mask, scaling, softcap, dropout)
+        mask = _seeing_something(mask)
+    return _attend(query, key, value, mask, scaling, dropout, softcap, need_weights, gqa)
 
 
 def _prepend_prefix(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, prefix_key: torch.Tensor,
