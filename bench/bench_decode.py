@@ -1,10 +1,11 @@
 """Decode cost of a folded prefix (l = 10) against the bare SmolLM2-135M, greedy, fp32.
 
-Four ways, interleaved in rounds in one process: the serving engine (continuous batching: the
-prefix sits in the KV cache as given keys/values) with the prefix and with the bare model, and
-``generate`` (``PrefixModel``'s path: the prefix merged into attention at every step) with the
-prefix and the bare model. Cases: batch 1 and 8, 32 and 256 new tokens (EOS ignored), 32-token
-prompts. Reported: median seconds and the prefix / bare ratio of each path.
+Interleaved in rounds in one process: the serving engine (continuous batching: the prefix is
+written into each row's KV cache) and ``generate`` (``AdapterBank.generate``, as
+``PrefixModel.generate``: the prefix written once into generate's ``DynamicCache``), each with the
+prefix and with the bare model, and ``generate`` with the prefix merged into attention at every
+step (the path before, forced by making no cache eligible). Cases: batch 1 and 8, 32 and 256 new
+tokens (EOS ignored), 32-token prompts. Reported: median seconds and prefix / bare ratios.
 
     python bench/bench_decode.py              # 3 rounds
     python bench/bench_decode.py --quick
@@ -39,7 +40,14 @@ def engine_run(engine, adapter, prompts, new: int) -> float:
     return time.perf_counter() - t
 
 
-def generate_run(bank, adapter, prompts, new: int) -> float:
+def generate_run(bank, adapter, prompts, new: int, merged: bool = False) -> float:
+    from unittest import mock
+
+    from prefixtune.hf import cache as kv_cache
+
+    if merged:
+        with mock.patch.object(kv_cache, "fresh_dynamic", lambda cache: False):
+            return generate_run(bank, adapter, prompts, new)
     ids = torch.tensor(prompts)
     t = time.perf_counter()
     with torch.inference_mode():
@@ -79,9 +87,12 @@ def main() -> None:
     for r in range(rounds):
         for batch, new in cases:
             prompts = torch.randint(100, 40000, (batch, 32), generator=g).tolist()
-            for path, adapter in (("engine", None), ("engine", "p10"), ("generate", None), ("generate", "p10")):
-                fn = engine_run if path == "engine" else generate_run
-                s = fn(engine if path == "engine" else bank, adapter, prompts, new)
+            for path, adapter in (("engine", None), ("engine", "p10"), ("generate", None), ("generate", "p10"),
+                                  ("merged", "p10")):
+                if path == "engine":
+                    s = engine_run(engine, adapter, prompts, new)
+                else:
+                    s = generate_run(bank, adapter, prompts, new, merged=path == "merged")
                 key = f"{path} b{batch} n{new} {'prefix' if adapter else 'bare'}"
                 times.setdefault(key, []).append(s)
                 log(f"round {r + 1} {key}: {s:.2f} s")
@@ -90,10 +101,11 @@ def main() -> None:
     for batch, new in cases:
         e = med[f"engine b{batch} n{new} prefix"] / med[f"engine b{batch} n{new} bare"]
         gen = med[f"generate b{batch} n{new} prefix"] / med[f"generate b{batch} n{new} bare"]
+        old = med[f"merged b{batch} n{new} prefix"] / med[f"generate b{batch} n{new} bare"]
         rows.append(f"| {batch} | {new} | {med[f'engine b{batch} n{new} bare']:.2f} | "
                     f"{med[f'engine b{batch} n{new} prefix']:.2f} | **{e:.3f}×** | "
                     f"{med[f'generate b{batch} n{new} bare']:.2f} | {med[f'generate b{batch} n{new} prefix']:.2f} | "
-                    f"{gen:.3f}× |")
+                    f"**{gen:.3f}×** | {med[f'merged b{batch} n{new} prefix']:.2f} | {old:.3f}× |")
     cmd = "python bench/bench_decode.py" + (" --quick" if args.quick else "")
     env = environment(2)
     args.json.write_text(json.dumps({"command": cmd, "env": env, "seconds": times}, indent=2))
@@ -102,12 +114,14 @@ def main() -> None:
 Command: `{cmd}` · {env.get('date', '')} · 2 cores · medians of {rounds} interleaved rounds{' · **QUICK smoke sizes**' if args.quick else ''}
 
 Greedy, 32-token prompts, EOS ignored, prefix l = 10 (folded). *Engine*: the serving engine
-(`serve/continuous.py`), the prefix written once into each row's KV cache; *generate*:
-`AdapterBank.generate` / `PrefixModel.generate`, the prefix merged into attention at every step
-and layer. Target: engine prefix / bare ≤ 1.03×.
+(`serve/continuous.py`), the prefix written into each row's KV cache; *generate*:
+`AdapterBank.generate` (the same path as `PrefixModel.generate`), the prefix written once into
+generate's `DynamicCache`; *merged*: the same `generate` with the prefix merged into attention at
+every step and layer (the path before; still taken where the cache cannot hold the prefix).
+Target: prefix / bare ≤ 1.03×.
 
-| batch | new tokens | engine bare (s) | engine prefix (s) | engine ratio | generate bare (s) | generate prefix (s) | generate ratio |
-|---:|---:|---:|---:|---:|---:|---:|---:|
+| batch | new tokens | engine bare (s) | engine prefix (s) | engine ratio | generate bare (s) | generate prefix (s) | generate ratio | merged prefix (s) | merged / bare |
+|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|
 {chr(10).join(rows)}
 
 Raw timings: `docs/bench_decode.json`.

@@ -1,7 +1,8 @@
 """Serving benchmark on a realistic workload: Poisson arrivals of streaming clients, mixed lengths.
 
-8 adapters (prefixes of 5/10/15/20 slots and prompts of 5/10/15/20 virtual tokens, random
-initialisation: no trained adapters ship with the repository) on the bundled SmolLM2-135M, fp32;
+8 adapters on the bundled SmolLM2-135M, fp32: trained ones given with ``--adapter DIR`` (each
+served under several names, 8 names in all), or else prefixes of 5/10/15/20 slots and prompts of
+5/10/15/20 virtual tokens with random initialisation (no trained adapters ship with the repository);
 prompts are E2E test inputs (``{mr}\\n``), greedy, stop at a newline with ``max_tokens`` 64, and
 10% of the requests ask for 256 tokens with no stop and EOS ignored. Streaming ``openai`` clients
 against a live server on 127.0.0.1, at most 32 in flight. Three servers run in one process, one
@@ -10,7 +11,8 @@ micro-batching (``--batching mixed``) with the adapters, (c) continuous batching
 model (every request for the base model: the limit). The bare model's own batch-16 ``generate``
 (64 new tokens) is measured in the same run as the throughput reference.
 
-    python bench/bench_workload.py                  # 1 request/s (48 requests) and saturated (64 at once)
+    prefixtune train --config configs/e2e-smollm2.yaml --steps 120 --test-limit 0 --out runs/e2e-short
+    python bench/bench_workload.py --adapter runs/e2e-short/best   # 1 request/s (48) and saturated (64 at once)
     python bench/bench_workload.py --quick          # smoke sizes
 """
 
@@ -100,6 +102,20 @@ def drive(url: str, requests: list[dict], in_flight: int = 32) -> dict:
             "latency_p50_s": statistics.median(lat), "latency_p95_s": percentile(lat, 0.95)}
 
 
+def trained_bank(paths: list[Path], names: int = 8) -> tuple:
+    """SmolLM2-135M with the adapters at ``paths``, each under several names (``names`` in all)."""
+    from prefixtune.bundled.models import load_model
+    from prefixtune.runtime.bank import AdapterBank
+
+    model, tok = load_model("smollm2-135m")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    bank = AdapterBank(model)
+    for i in range(names):
+        bank.add(f"task{i}", paths[i % len(paths)])
+    return bank, tok, [f"task{i}" for i in range(names)]
+
+
 def serve(bank, tokenizer, policy: str) -> tuple:
     from prefixtune.serve.app import ServerSettings, create_app
     from prefixtune.serve.continuous import make_engine
@@ -128,13 +144,17 @@ def generate_reference(bank, tokenizer, prompts: list[str], rows: int = 16, new:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--adapter", action="append", default=[], type=Path, help="a trained adapter (repeatable)")
     p.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_workload.json")
     args = p.parse_args()
     torch.set_num_threads(2)
     n_slow, n_fast = (6, 8) if args.quick else (48, 64)
     with tempfile.TemporaryDirectory() as tmp:
-        bank, tok, names = adapter_bank(Path(tmp))
+        if args.adapter:
+            bank, tok, names = trained_bank(args.adapter)
+        else:
+            bank, tok, names = adapter_bank(Path(tmp))
         reference = generate_reference(bank, tok, [w["prompt"] for w in workload(16, names, None, 1)])
         log(f"bare generate batch 16: {reference:.1f} output tokens/s")
         results: dict = {}
@@ -151,7 +171,8 @@ def main() -> None:
 
 
 def write(args, reference: float, results: dict) -> None:
-    cmd = "python bench/bench_workload.py" + (" --quick" if args.quick else "")
+    cmd = "python bench/bench_workload.py" + (" --quick" if args.quick else "") + "".join(
+        f" --adapter {a}" for a in args.adapter)
     env = environment(2)
     args.json.write_text(json.dumps({"command": cmd, "env": env, "generate_batch16_tokens_per_s": reference,
                                      "results": results}, indent=2))
@@ -163,13 +184,14 @@ def write(args, reference: float, results: dict) -> None:
     a, c = sat.get("(a) continuous"), sat.get("(c) bare model, continuous")
     ratio = (f"saturated (a) = **{a['tokens_per_s'] / reference:.2f}×** the bare model's batch-16 `generate` "
              f"(target ≥ 0.6) and **{a['tokens_per_s'] / c['tokens_per_s']:.2f}×** (c) (target ≥ 0.9)") if a and c else ""
+    adapters = (f"8 adapter names over {len(args.adapter)} trained adapter(s) ({', '.join(map(str, args.adapter))})"
+                if args.adapter else "8 adapters (prefixes of 5/10/15/20 slots, prompts of 5/10/15/20 virtual tokens; "
+                "random initialisation, so outputs rarely stop at the newline and mostly run to `max_tokens`)")
     section = f"""## Serving a realistic workload: continuous batching (SmolLM2-135M, CPU, fp32)
 
 Command: `{cmd}` · {env.get('date', '')} · 2 cores{' · **QUICK smoke sizes, not real numbers**' if args.quick else ''}
 
-8 adapters (prefixes of 5/10/15/20 slots, prompts of 5/10/15/20 virtual tokens; random
-initialisation, so outputs rarely stop at the newline and mostly run to `max_tokens`: longer
-than trained adapters' 10–60 tokens), E2E test inputs as prompts, greedy, stop `"\\n"` with
+{adapters}, E2E test inputs as prompts, greedy, stop `"\\n"` with
 `max_tokens` 64, 10% of requests 256 tokens with no stop and EOS ignored; streaming `openai`
 clients on 127.0.0.1, Poisson arrivals (or all at once: saturated), at most 32 in flight. Max batch
 32 rows, 512 tokens per step. Bare model's own `generate`, batch 16 × 64 new tokens, same run:

@@ -7,8 +7,11 @@ How prefixes reach a Hugging Face model (see docs/design.md):
   supported family calls it with the query, key and value *after* rotary embedding and after the
   KV-cache update, and passes extra forward keyword arguments through to it. The function looks
   its module up in the :class:`~prefixtune.batch.PrefixBatch` given as ``prefixtune_prefix=`` and
-  prepends that module's prefix. The prefix never enters the KV cache, so ``generate()`` with or
-  without a cache, beam search and sampling all see it at every step.
+  prepends that module's prefix, so ``generate()`` with or without a cache, beam search and
+  sampling all see it at every step. A fresh ``DynamicCache`` (what ``generate()`` creates) gets
+  the folded prefix written into it once instead (:func:`~prefixtune.hf.cache.hold_prefix`): its
+  layers count real tokens only, and the attention function is told that the first keys are the
+  prefix, so decoding steps concatenate nothing.
 * transformers' SDPA mask function is registered under the same name with
   ``AttentionMaskInterface`` (without it transformers builds no mask at all and padding would be
   ignored). The attention function receives the real padding/causal/sliding-window mask over the
