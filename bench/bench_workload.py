@@ -5,7 +5,7 @@ served under several names, 8 names in all), or else prefixes of 5/10/15/20 slot
 5/10/15/20 virtual tokens with random initialisation (no trained adapters ship with the repository);
 prompts are E2E test inputs (``{mr}\\n``), greedy, stop at a newline with ``max_tokens`` 64, and
 10% of the requests ask for 256 tokens with no stop and EOS ignored. Streaming ``openai`` clients
-against a live server on 127.0.0.1, at most 32 in flight. Three servers run in one process, one
+(threads of a second process) against a live server on 127.0.0.1, at most 32 in flight. Three servers run in one process, one
 after the other at each rate: (a) continuous batching with the adapters, (b) the older
 micro-batching (``--batching mixed``) with the adapters, (c) continuous batching on the bare base
 model (every request for the base model: the limit). The bare model's own batch-16 ``generate``
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
 import random
 import statistics
 import sys
@@ -163,8 +164,8 @@ def main() -> None:
                                         ("(c) bare model, continuous", "continuous", True)):
                 reqs = workload(n, ["smollm2-135m"] if bare else names, rate, seed=7)
                 server, engine = serve(bank, tok, policy)
-                with server:
-                    res = drive(server.url, reqs)
+                with server, multiprocessing.get_context("spawn").Pool(1) as clients:
+                    res = clients.apply(drive, (server.url, reqs))  # clients in a process of their own
                 results[f"{rate_name} {label}"] = res
                 log(f"{rate_name} {label}: {json.dumps({k: round(v, 2) for k, v in res.items()})}")
     write(args, reference, results)
@@ -193,7 +194,8 @@ Command: `{cmd}` · {env.get('date', '')} · 2 cores{' · **QUICK smoke sizes, n
 
 {adapters}, E2E test inputs as prompts, greedy, stop `"\\n"` with
 `max_tokens` 64, 10% of requests 256 tokens with no stop and EOS ignored; streaming `openai`
-clients on 127.0.0.1, Poisson arrivals (or all at once: saturated), at most 32 in flight. Max batch
+clients on 127.0.0.1 (threads of a second process), Poisson arrivals (or all at once: saturated),
+at most 32 in flight. Max batch
 32 rows, 512 tokens per step. Bare model's own `generate`, batch 16 × 64 new tokens, same run:
 **{reference:.1f} output tokens/s**.
 
