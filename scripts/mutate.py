@@ -56,7 +56,12 @@ MODULES = {
     "train.loop": "train/loop.py",        # the training recipe
     "train.state": "train/state.py",      # resume state
     "metrics": "evaluation/metrics.py",
-    "serve.engine": "serve/engine.py",    # the serving engine's row bookkeeping
+    "serve.engine": "serve/engine.py",    # the micro-batching engine
+    "serve.request": "serve/request.py",  # per-request bookkeeping shared by the engines
+    "serve.detok": "serve/detok.py",      # incremental detokenization, stop strings
+    "serve.batch": "serve/batch.py",      # the continuous engine's padded batch
+    "serve.continuous": "serve/continuous.py",  # the continuous engine's loop
+    "hf.cache": "hf/cache.py",            # prefixes held in the KV cache
 }
 
 #: tests that never run the mutated code in-process (subprocesses) or take too long per mutant
