@@ -104,3 +104,38 @@ def test_the_merge_path_stays_where_the_cache_cannot_hold_the_prefix(spy):
     with torch.enable_grad():
         out = pm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
     assert all(n == 0 for n, _ in spy) and out.logits.requires_grad
+
+
+def test_per_row_prefixes_follow_their_rows_under_beam_search(spy, monkeypatch):
+    """Per-row prefixes are repeated per beam when the cache is first written, and reordered with it."""
+    bank = AdapterBank(tiny_model("gemma2"))
+    for name, n in (("p2", 2), ("p4", 4)):
+        bank.add(name, pt.wrap(tiny_model("gemma2"), pt.PrefixConfig(prefix_length=n, init_std=1.0,
+                                                                     reparameterization="direct")))
+    ids, mask = padded("gemma2", [4, 6, 3])
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=7, num_beams=3, do_sample=False, pad_token_id=0,
+              eos_token_id=None)
+    names = ["p4", "p2", None]
+    cached = bank.generate(names, **kw)
+    assert any(n == 4 for n, _ in spy)
+    with monkeypatch.context() as m:
+        merged(m)
+        assert torch.equal(cached, bank.generate(names, **kw))
+
+
+def test_a_prefix_layer_counts_real_tokens_casts_the_prefix_and_never_crops_it():
+    prefix = torch.randn(1, 2, 3, 4)  # (1, H_kv, P, d) float32
+    layer = kv_cache.PrefixLayer(prefix, -prefix)
+    assert layer.get_seq_length() == 0
+    keys, values = layer.update(torch.ones(2, 2, 5, 4, dtype=torch.bfloat16), torch.ones(2, 2, 5, 4, dtype=torch.bfloat16))
+    assert keys.shape == (2, 2, 8, 4) and keys.dtype == torch.bfloat16 and layer.get_seq_length() == 5
+    torch.testing.assert_close(keys[:, :, :3], prefix.to(torch.bfloat16).expand(2, -1, -1, -1))
+    torch.testing.assert_close(values[:, :, :3], -prefix.to(torch.bfloat16).expand(2, -1, -1, -1))
+    layer.crop(-2)
+    assert layer.get_seq_length() == 3 and layer.keys.shape[2] == 6
+    layer.crop(-10)  # past the real tokens: the prefix stays
+    assert layer.get_seq_length() == 0 and layer.keys.shape[2] == 3
+    torch.testing.assert_close(layer.keys, prefix.to(torch.bfloat16).expand(2, -1, -1, -1))
+    rows = kv_cache.PrefixLayer(torch.arange(2.0).view(2, 1, 1, 1), torch.zeros(2, 1, 1, 1))
+    keys, _ = rows.update(torch.zeros(4, 1, 1, 1), torch.zeros(4, 1, 1, 1))  # 2 rows x 2 beams
+    assert keys[:, 0, 0, 0].tolist() == [0.0, 0.0, 1.0, 1.0] and keys[:, 0, 1, 0].tolist() == [0.0] * 4
