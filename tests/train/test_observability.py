@@ -48,7 +48,7 @@ def test_startup_line_names_world_size_devices_dtype_and_batch(tiny_dir, e2e_dir
     assert len(lines) == 1 and lines[0].levelname == "INFO" and lines[0].name == "prefixtune.train.loop"
     trainable = result["parameters"]["trainable"]
     assert lines[0].getMessage() == (
-        "world size 1 (NO), devices cpu, dtype float32 (bf16 autocast), micro-batch 2 per process x grad_accum 2 "
+        "world size 1 (NO), devices cpu, dtype bfloat16 (bf16 base, fp32 adapter), micro-batch 2 per process x grad_accum 2 "
         f"x 1 process = effective batch 4, method prefix, trainable parameters {trainable:,} "
         f"({result['parameters']['trainable_percent']:.3f}% of {result['parameters']['base']:,})")
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -78,6 +78,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                            epilog="max_tokens defaults: 16 for /v1/completions (OpenAI's legacy default); "
                                   "for /v1/chat/completions the --max-tokens limit (until EOS or the limit).")
     serve.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
+    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                       help="the base model's weights and activations (bfloat16: half the memory, the hardware's "
+                            "bf16 matmuls; adapters are cast where they join attention, softmax stays fp32)")
     serve.add_argument("--served-model-name", default=None, metavar="NAME",
                        help="the base model's id in the API (default: the last component of --model's path, "
                             "or the bundled name / hub id)")

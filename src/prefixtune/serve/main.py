@@ -43,7 +43,9 @@ def serve_from_args(args: Any) -> None:
     settings = ServerSettings(base_name=args.served_model_name or served_model_name(args.model),
                               api_key=args.api_key, admin_key=args.admin_key, max_prompt_tokens=args.max_prompt_tokens,
                               max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
-    model, tokenizer = load_model(args.model)
+    import torch
+
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, getattr(args, "dtype", "float32")))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     bank = AdapterBank(model)

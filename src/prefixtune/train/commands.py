@@ -19,6 +19,7 @@ from prefixtune.io.files import CheckpointError, atomic_write
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.loop import train
 from prefixtune.train.methods import load_trained, model_task
+from prefixtune.train import precision
 from prefixtune.train.rundir import LABELS
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def _load_run(run: Path, which: str) -> tuple[TrainConfig, TaskSpec, Any, Any]:
         raise ValueError(f"{run}: not a run directory (no config.json)")
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
     spec = run_spec(run, cfg)
-    base, tok = load_model(cfg.model, task=model_task(spec.kind))
+    base, tok = load_model(cfg.model, task=model_task(spec.kind), **precision.load_kwargs(cfg.method, cfg.bf16))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return cfg, spec, load_trained(cfg.method, base, run / which), tok

@@ -66,7 +66,9 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.06, "share of the steps with linearly rising learning rate")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this")
-    bf16: bool = option(False, "run the forward under bf16 autocast")
+    bf16: bool = option(False, "store the frozen base model in bf16 (half the memory, the hardware's bf16 matmuls); "
+                               "the adapter, its gradients and optimizer state stay fp32 (full fine-tuning: fp32 "
+                               "weights under bf16 autocast)")
     gradient_checkpointing: bool = option(False, "recompute the layers in the backward pass (less memory)")
     max_length: int = option(160, "longest tokenized example; longer ones are truncated (and counted)")
     train_limit: int | None = option(None, "use only the first N training records (None: all)")

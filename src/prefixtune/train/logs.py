@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any, Mapping
 
 from prefixtune.extras import require
+from prefixtune.train import precision
 
 
 def devices(names: list[str]) -> str:
@@ -22,7 +23,7 @@ def devices(names: list[str]) -> str:
 
 def startup_line(cfg: Any, acc: Any, model: Any) -> str:
     """The run's shape in one line: world size and distributed type, every process's device, the
-    weights' dtype and autocast, the batch (micro-batch per process x grad_accum x processes =
+    frozen weights' dtype and the run's precision (:mod:`prefixtune.train.precision`), the batch (micro-batch per process x grad_accum x processes =
     ``batch_size``), the method and its trainable parameters.
 
     Collective: every process must call it (the devices are gathered); only rank 0 needs to log it.
@@ -30,8 +31,9 @@ def startup_line(cfg: Any, acc: Any, model: Any) -> str:
     names = require("accelerate.utils", "train", "training").gather_object([str(acc.device)])
     world = acc.num_processes
     micro = cfg.batch_size // cfg.grad_accum // world
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    autocast = "bf16 autocast" if cfg.bf16 else "no autocast"
+    frozen = next((p for p in model.parameters() if not p.requires_grad), None)
+    dtype = str((frozen if frozen is not None else next(model.parameters())).dtype).removeprefix("torch.")
+    autocast = precision.describe(cfg.method, cfg.bf16)
     if acc.mixed_precision != "no":
         autocast += f", accelerate mixed precision {acc.mixed_precision}"
     count = model.count_parameters()

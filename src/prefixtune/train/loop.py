@@ -40,7 +40,7 @@ from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import distributed, guard, logs, methods, rundir, trackers
+from prefixtune.train import distributed, guard, logs, methods, precision, rundir, trackers
 from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -178,7 +178,7 @@ def setup(cfg: TrainConfig, resume: bool = True) -> Run:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     methods.method_config(cfg.method, cfg.adapter, spec.kind)  # bad options fail before the model loads
-    base, tok = load_model(cfg.model, task=methods.model_task(spec.kind))
+    base, tok = load_model(cfg.model, task=methods.model_task(spec.kind), **precision.load_kwargs(cfg.method, cfg.bf16))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     train_task = load_task(spec, "train", data=cfg.data, limit=cfg.train_limit, sample_seed=cfg.train_sample_seed)
@@ -186,6 +186,7 @@ def setup(cfg: TrainConfig, resume: bool = True) -> Run:
     record_labels(cfg, acc, spec, resume)
     config = methods.method_config(cfg.method, cfg.adapter, spec.kind, max(2, len(spec.labels)))
     model = methods.build_model(cfg.method, config, base, tok)
+    precision.keep_trainables_fp32(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
@@ -244,7 +245,7 @@ def _accumulate(run: Run, batch_idx: list[int], global_count: int) -> tuple[floa
         part = batch_idx[m * micro:(m + 1) * micro][acc.process_index::world]
         rows = [run.data.encoded[i] for i in part]
         batch = {k: v.to(acc.device) for k, v in collate(rows, run.tok.pad_token_id).items()}
-        with torch.autocast(acc.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with precision.autocast(cfg.method, cfg.bf16, acc.device.type):
             loss_sum, _, _ = batch_loss(run.ddp, batch, run.spec.kind, trim_logits=run.trim)
         (loss_sum / global_count * world).backward()  # DDP averages over processes
         loss_total += float(loss_sum.detach())

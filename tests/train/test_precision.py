@@ -1,0 +1,115 @@
+"""``--bf16`` in the training loop: the frozen base stored in bf16, what trains kept in fp32 (weights,
+gradients, AdamW moments), and the same first step as the fp32 run to bf16 precision; evaluation of
+a bf16 run loads its base in bf16 too."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prefixtune.train import loop, precision
+from prefixtune.train.commands import _load_run
+from prefixtune.train.config import TrainConfig
+from prefixtune.train.loop import train
+
+GENERATION = [("prefix", {"prefix_length": 4, "hidden_size": 16}), ("prompt", {"num_virtual_tokens": 3}),
+              ("lora", {"r": 2}), ("full", {})]
+
+
+class Spy:
+    """Records the base model each run loads and the optimizer it builds (its state after the steps)."""
+
+    def __init__(self, monkeypatch):
+        self.bases, self.optimizers, self.grads = [], [], []
+        real_load, spy = loop.load_model, self
+
+        def load(*args, **kwargs):
+            base, tok = real_load(*args, **kwargs)
+            spy.bases.append(base)
+            return base, tok
+
+        class AdamW(torch.optim.AdamW):
+            def __init__(self, params, **kw):
+                params = list(params)
+                super().__init__(params, **kw)
+                self.initial = [p.detach().clone() for p in params]
+                spy.optimizers.append(self)
+
+            def step(self, closure=None):
+                spy.grads.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+                return super().step(closure)
+
+        monkeypatch.setattr(loop, "load_model", load)
+        monkeypatch.setattr(torch.optim, "AdamW", AdamW)
+
+
+def run_config(tiny_dir, e2e_dir, out, **kw):
+    base = dict(model=str(tiny_dir), task="e2e", data=str(e2e_dir), steps=2, batch_size=4, lr=1e-2, eval_every=0,
+                save_every=2, eval_limit=2, max_new_tokens=4, out=str(out), max_grad_norm=0.0)
+    return TrainConfig(**(base | kw))
+
+
+@pytest.mark.parametrize("method,adapter", GENERATION)
+def test_bf16_stores_the_base_in_bf16_and_trains_in_fp32(tiny_dir, e2e_dir, tmp_path, monkeypatch, method, adapter):
+    spy = Spy(monkeypatch)
+    train(run_config(tiny_dir, e2e_dir, tmp_path / "run", method=method, adapter=adapter, bf16=True))
+    base, opt = spy.bases[0], spy.optimizers[0]
+    frozen = {p.dtype for p in base.parameters() if not p.requires_grad}
+    trained = [p for g in opt.param_groups for p in g["params"]]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert all(opt.state[p]["exp_avg"].dtype == torch.float32 for p in trained)
+    assert all(g.dtype == torch.float32 for g in spy.grads[0])
+    if method == "full":  # fp32 master weights, bf16 autocast
+        assert all(p.dtype == torch.float32 for p in base.parameters())
+    else:
+        assert frozen == {torch.bfloat16}
+
+
+def first_step(tiny_dir, e2e_dir, out, monkeypatch, **kw):
+    """The loss and gradients of step 1 of a run (``steps=1``) from the same initial adapter."""
+    spy = Spy(monkeypatch)
+    train(run_config(tiny_dir, e2e_dir, out, steps=1, **kw))
+    loss = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    return loss, spy.optimizers[0].initial, spy.grads[0]
+
+
+@pytest.mark.parametrize("method,adapter", GENERATION)
+def test_bf16_first_step_equals_fp32_to_bf16_precision(tiny_dir, e2e_dir, tmp_path, monkeypatch, method, adapter):
+    """Same seed, so the same initial adapter and batch: the bf16 run's loss is the fp32 run's to 1%,
+    and its gradient points the same way (cosine > 0.99) with a norm within 5%."""
+    loss32, init32, grads32 = first_step(tiny_dir, e2e_dir, tmp_path / "fp32", monkeypatch, method=method,
+                                         adapter=adapter)
+    loss16, init16, grads16 = first_step(tiny_dir, e2e_dir, tmp_path / "bf16", monkeypatch, method=method,
+                                         adapter=adapter, bf16=True)
+    exact = method in ("prefix", "prompt")  # PEFT draws LoRA's A in the base's dtype, then casts it to fp32
+    for a, b in zip(init32, init16, strict=True):
+        torch.testing.assert_close(a, b, rtol=0 if exact else 2 ** -8, atol=0)
+    assert loss16 == pytest.approx(loss32, rel=1e-2)
+    g32 = torch.cat([g.flatten() for g in grads32])
+    g16 = torch.cat([g.flatten() for g in grads16])
+    assert g32.norm() > 0
+    assert torch.nn.functional.cosine_similarity(g32, g16, dim=0) > 0.99
+    assert float(g16.norm() / g32.norm()) == pytest.approx(1.0, abs=0.05)
+
+
+def test_a_bf16_run_is_evaluated_in_bf16(tiny_dir, e2e_dir, tmp_path):
+    run = tmp_path / "run"
+    train(run_config(tiny_dir, e2e_dir, run, bf16=True))
+    _, _, model, _ = _load_run(run, "best")
+    assert {p.dtype for n, p in model.named_parameters() if not n.startswith("prefix.")} == {torch.bfloat16}
+
+
+def test_ptuning_v2_trains_on_a_bf16_encoder(tiny_bert_dir, sentiment_dir, tmp_path):
+    cfg = TrainConfig(model=str(tiny_bert_dir), task="sst2", data=str(sentiment_dir), method="ptuning_v2",
+                      adapter={"prefix_length": 2, "pooling": "mean"}, steps=40, batch_size=16, lr=3e-2,
+                      eval_every=0, eval_limit=None, out=str(tmp_path / "run"), max_length=16, bf16=True)
+    assert train(cfg)["scores"]["accuracy"] == 100.0
+
+
+def test_precision_words():
+    assert precision.describe("prefix", False) == "fp32"
+    assert precision.describe("prefix", True) == "bf16 base, fp32 adapter"
+    assert precision.describe("lora", True) == "bf16 base, fp32 trainable weights"
+    assert precision.describe("full", True) == "fp32 weights, bf16 autocast"
