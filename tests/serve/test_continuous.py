@@ -194,3 +194,19 @@ def test_queue_limit_and_engine_choice():
     assert isinstance(make_engine(bank, Words(), EngineSettings(policy="mixed")), BatchingEngine)
     with pytest.raises(UnsupportedByEngine, match="decoder-only"):
         ContinuousEngine(AdapterBank(tiny_model("t5")), Words())
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_a_bf16_base_serves_what_it_generates_alone(family):
+    """``serve --dtype bfloat16``: the base in bf16, the adapters fp32 (cast where they join
+    attention); every row equals the request run alone on the same bf16 bank."""
+    bank = AdapterBank(tiny_model(family).to(torch.bfloat16))
+    for name, pm in adapters(family).items():
+        bank.add(name, pm)
+    engine = ContinuousEngine(bank, Words(), EngineSettings(max_batch_size=4, max_batch_tokens=9))
+    assert engine.model.dtype == torch.bfloat16
+    reqs = [Request(name, prompt(3 + i, seed=i), max_new_tokens=6, ignore_eos=True)
+            for i, name in enumerate(["p3", "prompt4", None, "p5", "skip1"])]
+    run(engine, {0: reqs[:3], 2: reqs[3:]})
+    for r in reqs:
+        assert r.tokens == alone(bank, r), (family, r.adapter)

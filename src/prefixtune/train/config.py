@@ -69,6 +69,8 @@ class TrainConfig:
     bf16: bool = option(False, "store the frozen base model in bf16 (half the memory, the hardware's bf16 matmuls); "
                                "the adapter, its gradients and optimizer state stay fp32 (full fine-tuning: fp32 "
                                "weights under bf16 autocast)")
+    compile: bool = option(False, "torch.compile the training forward and backward (the first step compiles; "
+                                  "falls back to eager with a warning where compiling fails)")
     gradient_checkpointing: bool = option(False, "recompute the layers in the backward pass (less memory)")
     max_length: int = option(160, "longest tokenized example; longer ones are truncated (and counted)")
     train_limit: int | None = option(None, "use only the first N training records (None: all)")

@@ -41,6 +41,7 @@ from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
 from prefixtune.train import distributed, guard, logs, methods, precision, rundir, trackers
+from prefixtune.train.compiled import MaybeCompiled
 from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -99,6 +100,7 @@ class Run:
     data: TrainData
     trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
     ddp: Any = None  # what the steps call: DDP-wrapped or FSDP-sharded with several processes (set after resuming)
+    forward: Any = None  # ``ddp``, compiled with --compile (:class:`~prefixtune.train.compiled.MaybeCompiled`)
     eval_task: Task | None = None  # loaded at the first evaluation
     memory: PeakMemory | None = None  # this process's peak memory (set when the steps start)
 
@@ -246,7 +248,7 @@ def _accumulate(run: Run, batch_idx: list[int], global_count: int) -> tuple[floa
         rows = [run.data.encoded[i] for i in part]
         batch = {k: v.to(acc.device) for k, v in collate(rows, run.tok.pad_token_id).items()}
         with precision.autocast(cfg.method, cfg.bf16, acc.device.type):
-            loss_sum, _, _ = batch_loss(run.ddp, batch, run.spec.kind, trim_logits=run.trim)
+            loss_sum, _, _ = batch_loss(run.forward, batch, run.spec.kind, trim_logits=run.trim)
         (loss_sum / global_count * world).backward()  # DDP averages over processes
         loss_total += float(loss_sum.detach())
         tokens += int(batch["attention_mask"].sum())
@@ -463,6 +465,7 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) 
         return done
     trim_metrics(run, start, progress)
     run.ddp = distributed.prepare(run)
+    run.forward = MaybeCompiled(run.ddp, cfg.compile)
     run.model.train()
     announce(run)
     run.memory = PeakMemory(run.acc.device)

@@ -33,7 +33,7 @@ CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 LABELS = "labels.json"
 # Options that do not change the trained adapter or the choice of best/: a resumed run may change them.
-FREE_TO_CHANGE = frozenset({"out", "report_to", "max_seconds", "save_every", "distributed", "test_split",
+FREE_TO_CHANGE = frozenset({"out", "report_to", "max_seconds", "save_every", "distributed", "test_split", "compile",
                             "test_limit"})
 
 
