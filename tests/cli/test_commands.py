@@ -59,7 +59,7 @@ def test_train_help_gives_each_field_its_own_text_and_default(capsys):
     code, out, _ = run(["train", "--help"], capsys)
     assert code == 0
     lr, seed, where = help_of(out, "--lr"), help_of(out, "--seed"), help_of(out, "--out")
-    assert "learning rate" in lr and "(default: 0.0005)" in lr, lr
+    assert "learning rate" in lr and "(default: auto)" in lr, lr
     assert "seeds the data order" in seed and "(default: 0)" in seed, seed
     assert "run directory" in where and "(default: runs/run)" in where, where
     steps = help_of(out, "--steps")
@@ -141,6 +141,14 @@ def test_set_merges_with_the_config_files_adapter(tmp_path, capsys):
 # ----------------------------------------------------------------------------------- --print-config
 
 
+@pytest.mark.parametrize("given,printed", [([], "lr: auto"), (["--lr", "auto"], "lr: auto"),
+                                           (["--lr", "1e-3"], "lr: 0.001")])
+def test_lr_is_a_rate_or_auto(given, printed, capsys):
+    code, out, err = run(["train", *given, "--print-config"], capsys)
+    assert code == 0, err
+    assert printed in out.splitlines()
+
+
 def test_print_config_round_trips_through_config(tmp_path, capsys):
     from prefixtune.train.config import TrainConfig
 
@@ -213,7 +221,7 @@ def test_params_options_apply_to_every_method(tiny_dir, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
     (["train", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
-    (["train", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["train", "--lr", "fast"], "argument --lr: --lr: expected a float or one of auto, got 'fast'"),
     (["train", "--method", "nope"], "argument --method: invalid choice: 'nope'"),
     (["train", "--bf16", "maybe"], "argument --bf16"),
     (["train", "--set", "foo=1"], "--set foo: method prefix has no option 'foo'"),
@@ -240,7 +248,7 @@ def test_bad_values_are_one_clear_line(argv, message, capsys):
 @pytest.mark.parametrize("text, message", [
     ("steps: '10'\n", "steps must be an int, got '10'"),
     ("steps: 1.5\n", "steps must be an int, got 1.5"),
-    ("lr: 1e-3\n", "lr must be a float, got '1e-3'"),
+    ("lr: 1e-3\n", "lr must be a float or one of auto, got '1e-3'"),
     ("bf16: 'no'\n", "bf16 must be true or false, got 'no'"),
     ("stop: 5\n", "stop must be a list of str, got 5"),
     ("method: nope\n", "method must be one of prefix, prompt, ptuning_v2, lora, full, got 'nope'"),

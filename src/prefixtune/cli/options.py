@@ -100,7 +100,22 @@ def _flag_type(opt: Option) -> tuple[Any, dict[str, Any]]:
         return list[args[0]], {}
     if tp in (int, float, str) and tp is not opt.type:
         return _or_none(tp), {}
+    if len(_members(opt.type)) > 1:  # e.g. float | Literal["auto"]: --lr 1e-3 or --lr auto
+        return _union_of(opt), {}
     return tp, {}
+
+
+def _union_of(opt: Option) -> Any:
+    """The flag type of a field that is one of several types: the text read as the first that fits."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse_text(text, opt.type, f"--{opt.name.replace('_', '-')}")
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = type_name(opt.type)
+    return convert
 
 
 def show(value: Any) -> str:

@@ -19,7 +19,7 @@ def run_compare(args: Any, argv: list[str] | None = None) -> int:
     specs = cfg.runs()
     if args.dry_run:
         for s in specs:
-            print(f"{'finished' if is_finished(s) else 'to run  '}  {s.name}  ({s.config.method}, lr {s.config.lr:g}, "
+            print(f"{'finished' if is_finished(s) else 'to run  '}  {s.name}  ({s.config.method}, lr {s.config.lr if s.config.lr == 'auto' else f'{s.config.lr:g}'}, "
                   f"{s.config.steps} steps{f', {s.config.train_limit} records' if s.config.train_limit else ''})")
         print(f"{len(specs)} runs, {sum(map(is_finished, specs))} finished")
         return 0

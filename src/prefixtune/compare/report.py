@@ -39,11 +39,19 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
     seconds = result.get("train_seconds") or float("nan")
     return {"name": spec.name, "group": spec.group, "part": spec.part, "method": spec.method, "labels": spec.labels,
             "split": split,
-            "lr": spec.config.lr, "adapter": spec.config.adapter,
+            "lr": result.get("lr", spec.config.lr), "lr_auto": spec.config.lr == "auto", "adapter": spec.config.adapter,
             "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
             "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
             "tokens_per_s": (result.get("train_tokens") or 0) / seconds if seconds == seconds and seconds else None,
             "peak_memory_mib": result.get("peak_memory_mib"), "curves": dict(curves)}
+
+
+def _rates(rs: list[dict[str, Any]]) -> str:
+    """The peak rates of a method's runs (one per seed where ``lr: auto`` chose differently), marked
+    ``(auto)`` where the search chose them."""
+    rates = "/".join(f"{lr:g}" if isinstance(lr, (int, float)) else str(lr) for lr in sorted(
+        {r["lr"] for r in rs}, key=lambda lr: (not isinstance(lr, (int, float)), lr if isinstance(lr, (int, float)) else 0)))
+    return rates + (" (auto)" if any(r.get("lr_auto") for r in rs) else "")
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -147,7 +155,7 @@ def _methods_section(name: str, methods: list[dict[str, Any]], extra: list[str],
         mem = _mean_sd([r["peak_memory_mib"] for r in rs])[0]
         tps = _mean_sd([r["tokens_per_s"] for r in rs])[0]
         summary[method] = {"mean": m, "sd": sd, "n": len(rs), "trainable": p["trainable"], "stored": p["stored"]}
-        L.append(f"| {method} | {rs[0]['lr']:g} | **{_fmt(m, sd, len(rs))}** | "
+        L.append(f"| {method} | {_rates(rs)} | **{_fmt(m, sd, len(rs))}** | "
                  + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
                  + f" | {p['trainable']:,} | {100 * p['trainable'] / p['base']:.3f}% | {p['stored']:,} | {t:.0f} "
                  f"| {mem:.0f} | {tps:.0f} | {len(rs)} |")

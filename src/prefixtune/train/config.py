@@ -62,7 +62,11 @@ class TrainConfig:
                                              "reaches it. None: no budget")
     batch_size: int = option(8, "examples per optimizer step (across processes and accumulation)")
     grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(5e-4, "peak learning rate of AdamW (linear warmup, then linear decay)")
+    lr: float | Literal["auto"] = option("auto", "peak learning rate of AdamW (linear warmup, then linear decay); "
+                                                 "auto: found by a short search before training (lr_search.json "
+                                                 "in the run directory; docs/training.md#learning-rate)")
+    lr_search_steps: int | None = option(None, "with lr auto: training steps the search may spend in all (None: "
+                                               "a tenth of steps, at least 19)")
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.06, "share of the steps with linearly rising learning rate")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this")
@@ -112,7 +116,7 @@ class TrainConfig:
             check_type(getattr(self, f.name), hints[f.name], f.name)
         train_method(self.method)  # a known method, or a ConfigError listing them
         for name in ("steps", "batch_size", "grad_accum", "max_length", "save_every", "max_new_tokens", "num_beams",
-                     "train_limit", "eval_limit", "test_limit", "patience"):
+                     "train_limit", "eval_limit", "test_limit", "patience", "lr_search_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}" + (" (None: no limit)" if name.endswith(
@@ -121,7 +125,8 @@ class TrainConfig:
             raise ConfigError(f"eval_every must be >= 0 (0: evaluate only at the end), got {self.eval_every}")
         if self.max_seconds is not None:
             check_range("max_seconds", self.max_seconds, low=0.0, hint="0: one step; None: no budget")
-        check_range("lr", self.lr, low=0.0, high=MAX_RATE, hint=RATE_HINT)
+        if self.lr != "auto":
+            check_range("lr", self.lr, low=0.0, high=MAX_RATE, hint=RATE_HINT + "; auto: searched before training")
         check_range("weight_decay", self.weight_decay, low=0.0, high=MAX_RATE, hint=RATE_HINT)
         check_range("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
         check_range("max_grad_norm", self.max_grad_norm, low=0.0, hint="0 turns clipping off; a negative "

@@ -40,7 +40,12 @@ from prefixtune.hf.boundary import layer_modules, mark_fsdp_managed
 
 def sharded(run: Any) -> bool:
     """Whether the run's base model is sharded (FSDP with several processes)."""
-    return run.cfg.distributed == "fsdp" and run.acc.num_processes > 1
+    return shards(run.cfg, run.acc)
+
+
+def shards(cfg: Any, acc: Any) -> bool:
+    """Whether a run of ``cfg`` under ``acc`` shards its base model (FSDP with several processes)."""
+    return cfg.distributed == "fsdp" and acc.num_processes > 1
 
 
 def prepare(run: Any) -> nn.Module:

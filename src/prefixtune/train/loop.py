@@ -40,7 +40,7 @@ from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep
-from prefixtune.train import distributed, guard, logs, methods, precision, rundir, trackers
+from prefixtune.train import distributed, guard, logs, lr_search, methods, precision, rundir, trackers
 from prefixtune.train.compiled import MaybeCompiled
 from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
@@ -103,6 +103,7 @@ class Run:
     forward: Any = None  # ``ddp``, compiled with --compile (:class:`~prefixtune.train.compiled.MaybeCompiled`)
     eval_task: Task | None = None  # loaded at the first evaluation
     memory: PeakMemory | None = None  # this process's peak memory (set when the steps start)
+    lr: float = 0.0  # the peak learning rate (``cfg.lr``, or the one ``lr: auto`` found)
 
     @property
     def main(self) -> bool:
@@ -191,14 +192,42 @@ def setup(cfg: TrainConfig, resume: bool = True) -> Run:
     precision.keep_trainables_fp32(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if not distributed.shards(cfg, acc):  # before the optimizer state exists (resuming loads it beside the weights)
+        model.to(acc.device)
     encoded, report = encode(tok, train_task.examples, cfg.max_length, spec.kind)
     if acc.is_main_process:
         log.info(f"{len(encoded)} training examples ({report})")
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    data = TrainData(encoded, cfg.batch_size, cfg.seed)
+    trim = spec.kind == "generation" and _accepts_logits_to_keep(model)
+    lr = learning_rate(cfg, acc, model, data, tok, spec, trim, config)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=cfg.weight_decay)
     schedule = linear_warmup_decay(cfg.steps, int(cfg.warmup_ratio * cfg.steps))
     return Run(cfg, acc, spec, tok, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
-               TrainData(encoded, cfg.batch_size, cfg.seed),
-               trim=spec.kind == "generation" and _accepts_logits_to_keep(model))
+               data, trim=trim, lr=lr)
+
+
+def learning_rate(cfg: TrainConfig, acc: Any, model: Any, data: TrainData, tok: Any, spec: TaskSpec, trim: bool,
+                  config: Any) -> float:
+    """The run's peak rate: ``cfg.lr``, or with ``lr: auto`` the one an earlier search of this run
+    directory chose (``lr_search.json``), or a new search's (:mod:`prefixtune.train.lr_search`,
+    on rank 0; every process takes its choice)."""
+    if cfg.lr != "auto":
+        return cfg.lr
+    chosen = lr_search.saved_choice(Path(cfg.out)) if acc.is_main_process else None
+    if acc.is_main_process and chosen is not None:
+        log.info(f"lr auto: {chosen:g}, as the search recorded in {Path(cfg.out) / lr_search.FILE} chose")
+    elif acc.is_main_process:
+        searcher = lr_search.Searcher(
+            model, lambda step: [data.encoded[i] for i in data.batch_of(step)], spec.kind, tok.pad_token_id,
+            cfg.batch_size // cfg.grad_accum, cfg.max_grad_norm, cfg.weight_decay,
+            lambda: precision.autocast(cfg.method, cfg.bf16, acc.device.type), trim, acc.device)
+        rates = lr_search.candidates(cfg.method, config)
+        trials = lr_search.search(searcher, rates, cfg.lr_search_steps or max(lr_search.COST, cfg.steps // 10))
+        lr_search.record(Path(cfg.out), trials)
+        chosen = trials.chosen
+        log.info(f"lr auto: {chosen:g} (of {', '.join(f'{r:g}' for r in rates)}; {trials.seconds:.0f} s, "
+                 f"recorded in {Path(cfg.out) / lr_search.FILE})")
+    return from_main(chosen, acc)
 
 
 def fresh_progress() -> dict[str, Any]:
@@ -382,7 +411,7 @@ def finish(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
         count = run.model.count_parameters()
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
                   "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
-                  "peak_memory_mib": run.peak_mib(progress), "steps_done": step,
+                  "peak_memory_mib": run.peak_mib(progress), "steps_done": step, "lr": run.lr,
                   "scored_on_training_data": serves_every_split(run.cfg.data),
                   "parameters": vars(count) | {"trainable_percent": count.trainable_percent}}
         atomic_write(run.out / RESULT, json.dumps(rundir.finite_values(result), indent=2).encode())
