@@ -25,21 +25,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment, log, replace_section  # noqa: E402
+from bench_decode import engine_run  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "e2e" / "test.csv"
 
 
-def ours(engine, adapter, prompts: list[list[int]], new: int) -> float:
-    from prefixtune.serve.request import Request
-
-    reqs = [Request(adapter, p, new, ignore_eos=True) for p in prompts]
-    t = time.perf_counter()
-    for r in reqs:
-        engine.submit(r)
-    while not engine.idle:
-        engine.turn()
-    assert all(len(r.tokens) == new for r in reqs)
-    return time.perf_counter() - t
+ours = engine_run  # the same measurement as bench_decode's engine rows
 
 
 def theirs(model, prompts: list[list[int]], new: int) -> float:

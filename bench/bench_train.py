@@ -1,28 +1,33 @@
 #!/usr/bin/env python
-"""Training throughput: prefixtune's training loop vs PEFT prefix tuning under the HF Trainer.
+"""Training throughput: prefixtune's training loop (fp32, bf16, bf16 + compiled) vs PEFT prefix
+tuning under the HF Trainer (fp32 and at its best, ``bf16=True`` with length grouping).
 
 Same model (bundled SmolLM2-135M), same data (the first ``--examples`` E2E training records,
 tokenized once by prefixtune: prompt + target + EOS, loss on the target only; by default exactly
 one epoch, so every variant sees the same examples and the same tokens), same batch size,
 optimizer (AdamW, lr 5e-4, no weight decay, linear warm-up 6% then linear decay, grad-norm clip
-1.0), same prefix (length 10, MLP reparameterization of width 512), fp32, 2 torch threads.
+1.0), same prefix (length 10, MLP reparameterization of width 512), 2 torch threads.
 
 Variants, each in a fresh subprocess, interleaved A, B, C, A, B, C:
 
-- ``prefixtune``: ``prefixtune.train.loop.train`` (accelerate; length-grouped batches).
-- ``peft-trainer``: ``peft.get_peft_model(PrefixTuningConfig(...))`` trained by
-  ``transformers.Trainer`` with its default random sampler (batches padded to their longest row).
-- ``peft-trainer-grouped``: the same with ``train_sampling_strategy="group_by_length"``, the
-  Trainer's own length grouping, so the comparison separates batching from the rest.
+- ``prefixtune``: ``prefixtune.train.loop.train`` in fp32 (accelerate; length-grouped batches).
+- ``prefixtune-bf16``: the same with ``bf16=True``: the frozen base stored in bf16, the prefix fp32.
+- ``prefixtune-bf16-compile``: and ``compile=True`` (the first step compiles; its time is counted).
+- ``peft-trainer-grouped``: ``peft.get_peft_model(PrefixTuningConfig(...))`` trained by
+  ``transformers.Trainer`` with ``train_sampling_strategy="group_by_length"``, fp32.
+- ``peft-trainer-grouped-bf16``: the same with ``bf16=True`` (autocast), the Trainer at its best.
+- ``peft-trainer`` (only with ``--variants``): the Trainer's default random sampler.
 
-Reported per variant: real (non-padding) tokens per second over the timed steps (wall clock of
-the training steps only: data, forward, backward, update), the share of padding in the batches,
-and the peak resident memory above the memory at the start of training (peak RSS counter reset
-there). Results: the ``bench_train`` section of ``docs/results.md`` and ``docs/bench_train.json``.
+Reported per variant: real (non-padding) tokens per second over the training steps (wall clock:
+data, forward, backward, update), for prefixtune also without the first step (steady state), the
+model FLOPs utilisation against the bf16 matmul peak that ``bench/matmul_peak.py`` measured, the
+share of padding in the batches, and the peak resident memory above the memory at the start of
+training (peak RSS counter reset there). Results: the ``bench_train`` section of
+``docs/results.md`` and ``docs/bench_train.json``.
 
 Usage::
 
-    python bench/bench_train.py                 # ~11 min on 2 idle cores
+    python bench/matmul_peak.py && python bench/bench_train.py     # ~15 min on 2 idle cores
     python bench/bench_train.py --steps 3 --reps 1 --examples 200   # smoke run
 """
 
@@ -42,7 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, env_line, environment, log, maxrss_kib, median, replace_section, reset_peak_rss, status_kib  # noqa: E402
 
 RESULT_TAG = "BENCH_TRAIN_RESULT "
-VARIANTS = ("prefixtune", "peft-trainer", "peft-trainer-grouped")
+VARIANTS = ("prefixtune", "prefixtune-bf16", "prefixtune-bf16-compile", "peft-trainer-grouped",
+            "peft-trainer-grouped-bf16")
+ALL_VARIANTS = VARIANTS + ("peft-trainer",)
 PREFIX = dict(prefix_length=10, reparameterization="mlp", hidden_size=512)
 LR, WARMUP, MAX_LENGTH = 5e-4, 0.06, 96
 
@@ -77,8 +84,11 @@ def worker_prefixtune(spec: dict[str, Any]) -> dict[str, Any]:
         cfg = TrainConfig(model=spec["model"], task="e2e", method="prefix", adapter=dict(PREFIX), steps=spec["steps"],
                           batch_size=spec["batch"], lr=LR, warmup_ratio=WARMUP, max_grad_norm=1.0,
                           max_length=MAX_LENGTH, train_limit=spec["examples"], eval_every=0, eval_limit=1,
-                          save_every=spec["steps"], seed=spec["seed"], out=tmp)
+                          save_every=spec["steps"], seed=spec["seed"], out=tmp, bf16="bf16" in spec["variant"],
+                          compile="compile" in spec["variant"])
         result = train(cfg, resume=False)
+        step_tps = [json.loads(line)["tokens_per_s"] for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()
+                    if '"train_loss"' in line]
     peak = maxrss_kib()  # before anything else is loaded in this process
     from transformers import AutoTokenizer
 
@@ -89,16 +99,20 @@ def worker_prefixtune(spec: dict[str, Any]) -> dict[str, Any]:
     lengths = [len(e.input_ids) for e in _examples(tok, spec["examples"])]
     per_epoch = max(1, len(lengths) // spec["batch"])
     real = padded = 0
+    per_step = []
     for step in range(spec["steps"]):
         epoch, within = divmod(step, per_epoch)
         rows = [lengths[i] for i in length_grouped_batches(lengths, spec["batch"], spec["seed"], epoch)[within]]
         real, padded = real + sum(rows), padded + max(rows) * len(rows)
+        per_step.append(sum(rows))
+    step_seconds = [t / tps for t, tps in zip(per_step, step_tps)]  # forward, backward, update of each step
     return {"seconds": result["train_seconds"], "tokens": result["train_tokens"], "padded_tokens": padded,
             "replayed_real_tokens": real, "rss_start_kib": start["rss_kib"], "peak_reset": start["reset"],
-            "peak_rss_kib": peak}
+            "peak_rss_kib": peak, "first_step_s": step_seconds[0],
+            "steady_tokens_per_s": sum(per_step[1:]) / sum(step_seconds[1:]) if len(per_step) > 1 else None}
 
 
-def worker_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
+def worker_trainer(spec: dict[str, Any], grouped: bool, bf16: bool) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from peft import PrefixTuningConfig, TaskType, get_peft_model
@@ -148,7 +162,7 @@ def worker_trainer(spec: dict[str, Any], grouped: bool) -> dict[str, Any]:
             warmup_steps=int(WARMUP * spec["steps"]), lr_scheduler_type="linear", weight_decay=0.0,
             max_grad_norm=1.0, logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to="none",
             use_cpu=True, seed=spec["seed"], disable_tqdm=True, dataloader_num_workers=0,
-            remove_unused_columns=False,
+            remove_unused_columns=False, bf16=bf16,
             train_sampling_strategy="group_by_length" if grouped else "random")
         trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collate, callbacks=[Clock()])
         trainer.train()
@@ -161,13 +175,14 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    if spec["variant"] == "prefixtune":
+    ours = spec["variant"].startswith("prefixtune")
+    if ours:
         res = worker_prefixtune(spec)
     else:
-        res = worker_trainer(spec, grouped=spec["variant"] == "peft-trainer-grouped")
+        res = worker_trainer(spec, grouped="grouped" in spec["variant"], bf16="bf16" in spec["variant"])
     res["tokens_per_s"] = res["tokens"] / res["seconds"]
     res["padding_share"] = 1 - res["tokens"] / res["padded_tokens"] if res.get("padded_tokens") else None
-    if spec["variant"] == "prefixtune":  # replayed batches: padding share from the same order the loop used
+    if ours:  # replayed batches: padding share from the same order the loop used
         res["padding_share"] = 1 - res["replayed_real_tokens"] / res["padded_tokens"]
     res["peak_above_start_mib"] = (res["peak_rss_kib"] - res["rss_start_kib"]) / 1024
     return res
@@ -183,27 +198,62 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT_TAG):])
 
 
+def flops_per_token(model: str, examples: int) -> dict[str, float]:
+    """Model FLOPs per real training token of prefix tuning on the frozen base: forward (2 per weight
+    of the layers' matmuls) plus the backward's input gradients (2 more; a frozen weight gets no
+    gradient of its own), and the LM head's 4 per weight on the target tokens only, the positions
+    that carry a loss (the prefix MLP and attention scores are left out: under 2% at 96 tokens)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from prefixtune.bundled.models import resolve
+
+    c = AutoConfig.from_pretrained(resolve(model))
+    d, head_dim = c.hidden_size, c.hidden_size // c.num_attention_heads
+    kv = c.num_key_value_heads * head_dim
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size
+    tok = AutoTokenizer.from_pretrained(resolve(model))
+    encoded = _examples(tok, examples)
+    targets = sum(sum(1 for t in e.labels[1:] if t != -100) for e in encoded)
+    real = sum(len(e.input_ids) for e in encoded)
+    share = targets / real
+    return {"layers": 4 * c.num_hidden_layers * per_layer, "head": 4 * d * c.vocab_size * share,
+            "total": 4 * c.num_hidden_layers * per_layer + 4 * d * c.vocab_size * share, "target_share": share}
+
+
 def render(r: dict[str, Any]) -> str:
-    s = r["summary"]
-    base = s["prefixtune"]["tokens_per_s"]
-    L = ["## Training throughput: prefixtune vs PEFT prefix tuning under the HF Trainer", "",
-         f"Command: `{r['command']}` · {env_line(r['env'])} · wall time {r['wall_min']:.1f} min.", "",
+    s, variants = r["summary"], r["variants"]
+    best_peft = max((v for v in variants if v.startswith("peft")), key=lambda v: s[v]["tokens_per_s"])
+    ref = s[best_peft]["tokens_per_s"]
+    peak, fpt = r.get("peak_gflops"), r["flops_per_token"]
+    L = ["## Training throughput: prefixtune (fp32, bf16, bf16 + compiled) vs PEFT prefix tuning under the HF Trainer",
+         "", f"Command: `{r['command']}` · {env_line(r['env'])} · wall time {r['wall_min']:.1f} min.", "",
          f"SmolLM2-135M (bundled), E2E train (first {r['args']['examples']:,} records, max length {MAX_LENGTH}), "
          f"batch {r['args']['batch']}, {r['args']['steps']} optimizer steps per run, prefix length 10 with an MLP of "
-         f"width 512, AdamW lr 5e-4, fp32, {r['args']['reps']} fresh process(es) per variant, interleaved; medians "
-         "over runs. Tokens are real (non-padding) tokens; time is the wall clock of the training steps.", "",
-         "| variant | real tokens/s | prefixtune speed-up | padding in batches | peak RSS above start of training (MiB) "
-         "| peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|"]
-    for v in VARIANTS:
+         f"width 512, AdamW lr 5e-4, {r['args']['reps']} fresh process(es) per variant, interleaved; medians "
+         "over runs. Tokens are real (non-padding) tokens; time is the wall clock of the training steps, the "
+         "first (compiling) step included; *steady* leaves the first step out. prefixtune bf16: the base stored in "
+         "bf16, the prefix fp32; the Trainer's bf16: `bf16=True` (autocast over fp32 weights). grouped: "
+         "`train_sampling_strategy=\"group_by_length\"`.", "",
+         f"MFU: model FLOPs ({fpt['total'] / 1e6:.0f} MFLOP per real token: 4 per weight of the 30 layers' matmuls, "
+         f"the LM head's 4 per weight on the {100 * fpt['target_share']:.0f}% of tokens that are targets) x tokens/s "
+         "over the machine's measured bf16 matmul peak "
+         + (f"({peak['bf16']:.0f} GFLOP/s, `python bench/matmul_peak.py`)." if peak else "(not measured: run "
+            "`python bench/matmul_peak.py` first)."), "",
+         f"| variant | real tokens/s | vs {best_peft} | steady tokens/s | first step (s) | MFU | padding | "
+         "peak RSS above start (MiB) | peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in variants:
         x = s[v]
-        L.append(f"| {v} | {x['tokens_per_s']:.0f} | {base / x['tokens_per_s']:.2f}x | {100 * x['padding_share']:.1f}% "
-                 f"| {x['peak_above_start_mib']:.0f} | {x['peak_rss_mib']:.0f} |")
-    t = r["summary"]["peft-trainer"]["tokens_per_s"]
-    L += ["", f"Target (issue 4): >= 1.3x the tokens/s of PEFT prefix tuning under the Trainer: "
-              f"**{'met' if base / t >= 1.3 else 'not met'}** against its default sampler ({base / t:.2f}x); "
-              f"{base / s['peft-trainer-grouped']['tokens_per_s']:.2f}x against the Trainer's own length grouping.",
+        steady = f"{x['steady_tokens_per_s']:.0f}" if x.get("steady_tokens_per_s") else ""
+        first = f"{x['first_step_s']:.1f}" if x.get("first_step_s") else ""
+        mfu = f"{100 * x['tokens_per_s'] * fpt['total'] / (peak['bf16'] * 1e9):.1f}%" if peak else ""
+        L.append(f"| {v} | {x['tokens_per_s']:.0f} | {x['tokens_per_s'] / ref:.2f}x | {steady} | {first} | {mfu} "
+                 f"| {100 * x['padding_share']:.1f}% | {x['peak_above_start_mib']:.0f} | {x['peak_rss_mib']:.0f} |")
+    ours = max((v for v in variants if v.startswith("prefixtune")), key=lambda v: s[v]["tokens_per_s"])
+    gain = s[ours]["tokens_per_s"] / ref
+    L += ["", f"Target (issue 15): >= 1.5x the tokens/s of PEFT prefix tuning under the Trainer at its best "
+              f"({best_peft}): **{'met' if gain >= 1.5 else 'not met'}**, {ours} at {gain:.2f}x.",
           "", "Per run (tokens/s): " + "; ".join(
-              f"{v}: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in r["runs"][v]) for v in VARIANTS)]
+              f"{v}: " + ", ".join(f"{x['tokens_per_s']:.0f}" for x in r["runs"][v]) for v in variants)]
     return "\n".join(L)
 
 
@@ -211,23 +261,24 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--examples", type=int, default=400,
-                   help="training records; the default 400 = steps x batch, so every variant trains on exactly the "
+    p.add_argument("--examples", type=int, default=320,
+                   help="training records; the default 320 = steps x batch, so every variant trains on exactly the "
                         "same examples once (one epoch) and only the batching differs")
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS))
     p.add_argument("--out", default=str(ROOT / "docs"), help="where results.md and bench_train.json go")
     args = p.parse_args(argv)
     if args.worker:
         print(RESULT_TAG + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
     t0 = time.perf_counter()
-    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     for rep in range(args.reps):
-        for v in VARIANTS:
+        for v in args.variants:
             spec = dict(variant=v, model=args.model, steps=args.steps, batch=args.batch, examples=args.examples,
                         threads=args.threads, seed=args.seed)
             res = run_worker(spec)
@@ -235,13 +286,20 @@ def main(argv: list[str] | None = None) -> None:
             log(f"rep {rep + 1}/{args.reps} {v}: {res['tokens_per_s']:.0f} tokens/s, {res['seconds']:.1f} s, padding "
                 f"{100 * res['padding_share']:.1f}%, peak above start {res['peak_above_start_mib']:.0f} MiB")
     summary = {v: {"tokens_per_s": median([x["tokens_per_s"] for x in rs]),
+                   "steady_tokens_per_s": median([x["steady_tokens_per_s"] for x in rs])
+                   if all(x.get("steady_tokens_per_s") for x in rs) else None,
+                   "first_step_s": median([x["first_step_s"] for x in rs]) if all("first_step_s" in x for x in rs)
+                   else None,
                    "padding_share": median([x["padding_share"] for x in rs]),
                    "peak_above_start_mib": median([x["peak_above_start_mib"] for x in rs]),
                    "peak_rss_mib": median([x["peak_rss_kib"] / 1024 for x in rs])} for v, rs in runs.items()}
     command = "python bench/bench_train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    result = {"command": command.strip(), "env": environment(args.threads), "args": vars(args), "runs": runs,
-              "summary": summary, "wall_min": (time.perf_counter() - t0) / 60}
     out = Path(args.out)
+    matmul = out / "bench_matmul.json"
+    result = {"command": command.strip(), "env": environment(args.threads), "args": vars(args), "runs": runs,
+              "summary": summary, "wall_min": (time.perf_counter() - t0) / 60, "variants": list(args.variants),
+              "flops_per_token": flops_per_token(args.model, args.examples),
+              "peak_gflops": json.loads(matmul.read_text())["peak_gflops"] if matmul.is_file() else None}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_train.json").write_text(json.dumps(result, indent=2) + "\n")
     replace_section(out / "results.md", "bench_train", render(result), "# Results")

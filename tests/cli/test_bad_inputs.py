@@ -19,7 +19,7 @@ from prefixtune.cli.main import main
     (["--max-seconds", "-1"], "max_seconds must be a finite number >= 0"),
     (["--lr", "inf"], "lr must be a finite number"),
     (["--lr", "nan"], "lr must be a finite number"),
-    (["--lr", "1e300"], "lr must be a finite number >= 0 and <= 1000, got 1e+300 (a larger one can only diverge)"),
+    (["--lr", "1e300"], "lr must be a finite number >= 0 and <= 1000, got 1e+300 (a larger one can only diverge; auto: searched before training)"),
     (["--set", "init_std=-1"], "init_std must be a finite number >= 0"),
     (["--method", "prompt", "--set", "init_range=nan"], "init_range must be a finite number >= 0"),
     (["--max-grad-norm", "-1"], "max_grad_norm must be a finite number >= 0"),

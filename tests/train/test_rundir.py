@@ -86,8 +86,10 @@ def test_divergence_stops_the_run_and_never_becomes_best(tiny_dir, e2e_dir, tmp_
     run = tmp_path / "run"
     with pytest.raises(DivergedError, match="diverged at step"):
         train(config(tiny_dir, e2e_dir, run, steps=6, eval_every=1, save_every=1, **kw))
+    # where the first step already diverges (it depends on the CPU's kernels at 1e30) no row is written
+    metrics = run / "metrics.jsonl"
     assert not (run / "best").exists() or rundir.finite_values(rows(run)) == rows(run)
-    for line in (run / "metrics.jsonl").read_text().splitlines():
+    for line in (metrics.read_text() if metrics.exists() else "").splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert not (run / "result.json").exists()
 

@@ -193,11 +193,6 @@ class Prefill:
     def columns(self) -> int:
         return self.ids.shape[1]
 
-    @property
-    def left(self) -> int:
-        """Token columns not yet run."""
-        return self.columns - self.done
-
     def step(self, chunk: int) -> torch.Tensor | None:
         """Run the next ``chunk`` columns; the last column's logits ``(G, V)`` once all have run."""
         a, b = self.done, min(self.columns, self.done + max(1, chunk))

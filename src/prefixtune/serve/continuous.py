@@ -15,7 +15,6 @@ greedy decoding each row's output is the one it has alone (``tests/serve/test_co
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from typing import Any
 
@@ -24,8 +23,9 @@ import torch
 from prefixtune.runtime.bank import UnknownAdapterError
 from prefixtune.serve.batch import LOCATION, Model, Prefill, Row, Running
 from prefixtune.serve.engine import EngineSettings
-from prefixtune.serve.request import ContextTooLong, Outputs, Overloaded, Request, ShuttingDown
+from prefixtune.serve.request import ContextTooLong, Outputs, Request
 from prefixtune.serve.sampling import choose
+from prefixtune.serve.worker import QueueWorker
 
 
 class UnsupportedByEngine(ValueError):
@@ -44,7 +44,7 @@ def _context_limit(model: Any, injection: Any) -> int | None:
     return int(limit) if limit else None
 
 
-class ContinuousEngine:
+class ContinuousEngine(QueueWorker):
     """Runs :class:`~prefixtune.serve.request.Request` objects on an
     :class:`~prefixtune.runtime.bank.AdapterBank` with continuous batching.
 
@@ -75,10 +75,7 @@ class ContinuousEngine:
                            injection.position_base)
         self.limit = _context_limit(model, injection)
         self.outputs = Outputs(tokenizer, self.eos_id)
-        self._queue: deque[Request] = deque()
-        self._cv = threading.Condition()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="prefixtune-engine", daemon=True)
+        super().__init__(self.settings.max_queue)
         self.running = Running(self.model)
         self._prefilling: Prefill | None = None
         self.steps: list[int] = []  # rows per decoding step (for tests and benchmarks)
@@ -86,25 +83,6 @@ class ContinuousEngine:
         self.taken = 0  # requests taken from the queue so far
 
     # ------------------------------------------------------------------ the server's side
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Refuse new requests, finish the queued and running ones, then end the worker."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     @property
     def busy(self) -> bool:
@@ -116,8 +94,9 @@ class ContinuousEngine:
         """Nothing waits, prefills or runs."""
         return not self._queue and not self.running.rows and self._prefilling is None
 
-    def check(self, req: Request) -> None:
-        """Refuse a request that does not fit the model's context with its adapter.
+    def check(self, req: Request) -> Any:
+        """The request's adapter, resolved (None for the bare model); a request that does not fit
+        the model's context with it is refused.
 
         Raises:
             UnknownAdapterError: no adapter of that name.
@@ -125,7 +104,7 @@ class ContinuousEngine:
         """
         adapter = self.bank._resolve(req.adapter, 1)
         if self.limit is None:
-            return
+            return adapter
         shift = adapter.shift if adapter is not None else 0
         virtual = adapter.prompt.shape[0] if adapter is not None and adapter.prompt is not None else 0
         need = self.model.position_base + shift + virtual + len(req.input_ids) + req.max_new_tokens
@@ -134,6 +113,7 @@ class ContinuousEngine:
                 f"this request needs {need} positions (a {len(req.input_ids)}-token prompt, {shift + virtual} for "
                 f"the adapter's prefix or prompt, max_tokens {req.max_new_tokens}); the model has {self.limit}: "
                 "shorten the prompt or lower max_tokens")
+        return adapter
 
     def submit(self, req: Request) -> None:
         """Queue ``req`` (checked first: see :meth:`check`).
@@ -142,13 +122,7 @@ class ContinuousEngine:
             ShuttingDown, Overloaded, ContextTooLong, UnknownAdapterError.
         """
         self.check(req)
-        with self._cv:
-            if self._stopping:
-                raise ShuttingDown("the server is shutting down")
-            if len(self._queue) >= self.settings.max_queue:
-                raise Overloaded(f"too many waiting requests ({self.settings.max_queue}); retry later")
-            self._queue.append(req)
-            self._cv.notify()
+        self.enqueue(req)
 
     def cancel(self, req: Request) -> None:
         """The client is gone: drop ``req`` now if it waits, at the next step if it runs."""
@@ -196,8 +170,7 @@ class ContinuousEngine:
                     self.outputs.finish(req, "cancelled")
                     continue
                 try:
-                    self.check(req)
-                    adapter = self.bank._resolve(req.adapter, 1)
+                    adapter = self.check(req)
                 except (UnknownAdapterError, ContextTooLong) as e:
                     self.outputs.finish(req, "error", error=e)
                     continue

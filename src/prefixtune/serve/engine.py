@@ -10,7 +10,6 @@ are pushed to streaming clients as they are produced.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from prefixtune.core.config import check_count, check_range
-from prefixtune.serve.request import Outputs, Overloaded, Request, ShuttingDown
+from prefixtune.serve.request import Outputs, Overloaded, Request, ShuttingDown  # noqa: F401  (re-exported)
 from prefixtune.serve.sampling import Logprobs, Penalties, seeded
+from prefixtune.serve.worker import QueueWorker
 
 POLICIES = ("continuous", "mixed", "same", "none")
 
@@ -73,7 +73,7 @@ class _RowState(StoppingCriteria):
         return torch.tensor([r.finish_reason is not None for r in self.requests], device=input_ids.device)
 
 
-class BatchingEngine:
+class BatchingEngine(QueueWorker):
     """Runs :class:`Request` objects on an :class:`~prefixtune.bank.AdapterBank` in micro-batches.
 
     Args:
@@ -88,31 +88,9 @@ class BatchingEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.outputs = Outputs(tokenizer, self.eos_id)
-        self._queue: deque[Request] = deque()
-        self._cv = threading.Condition()
-        self._stopping = False
+        super().__init__(self.settings.max_queue)
         self._busy = 0
-        self._thread = threading.Thread(target=self._run, name="prefixtune-engine", daemon=True)
         self.batches: list[int] = []  # sizes of the batches run (for tests and benchmarks)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 60.0) -> None:
-        """Refuse new requests, finish the queued and running ones, then end the worker."""
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        self._thread.join(timeout)
-
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called: new requests are refused."""
-        return self._stopping
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     @property
     def busy(self) -> bool:
@@ -125,13 +103,8 @@ class BatchingEngine:
         return sum(self.batches)
 
     def submit(self, req: Request) -> None:
-        with self._cv:
-            if self._stopping:
-                raise ShuttingDown("the server is shutting down")
-            if len(self._queue) >= self.settings.max_queue:
-                raise Overloaded(f"too many waiting requests ({self.settings.max_queue}); retry later")
-            self._queue.append(req)
-            self._cv.notify()
+        """Queue ``req``. Raises ShuttingDown or Overloaded (see :meth:`QueueWorker.enqueue`)."""
+        self.enqueue(req)
 
     def cancel(self, req: Request) -> None:
         """The client is gone: drop ``req`` if it waits; a running row stops at its next step."""

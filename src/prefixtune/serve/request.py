@@ -27,10 +27,6 @@ class ContextTooLong(ValueError):
     """The prompt, the adapter's virtual tokens and ``max_tokens`` do not fit the model's context (HTTP 400)."""
 
 
-class Cancelled(RuntimeError):
-    """The client went away; the request was dropped."""
-
-
 @dataclass
 class Request:
     """One completion: inputs, decoding settings, and where its tokens go. A ``temperature``
