@@ -113,3 +113,28 @@ def test_precision_words():
     assert precision.describe("prefix", True) == "bf16 base, fp32 adapter"
     assert precision.describe("lora", True) == "bf16 base, fp32 trainable weights"
     assert precision.describe("full", True) == "fp32 weights, bf16 autocast"
+
+
+def test_the_trimmed_lm_head_gets_a_contiguous_input(tiny_dir):
+    """With ``logits_to_keep`` transformers hands the head a strided view, which a linear layer runs
+    as a batched matmul over copies of the weight (several times slower in bf16 on CPU); after
+    :func:`contiguous_head_input` the head sees a contiguous tensor and the logits are the same."""
+    import transformers as T
+
+    from prefixtune.hf.boundary import contiguous_head_input
+
+    model = T.AutoModelForCausalLM.from_pretrained(tiny_dir)
+    seen = []
+    ids = torch.randint(3, 90, (2, 7))
+    want = model(input_ids=ids).logits[:, -3:]
+    assert contiguous_head_input(model) and contiguous_head_input(model)  # once, however often asked
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    got = model(input_ids=ids, logits_to_keep=3).logits
+    assert seen == [True] and len(model.get_output_embeddings()._forward_pre_hooks) == 2
+    torch.testing.assert_close(got, want)
+
+
+def test_training_hooks_the_lm_head(tiny_dir, e2e_dir, tmp_path, monkeypatch):
+    spy = Spy(monkeypatch)
+    train(run_config(tiny_dir, e2e_dir, tmp_path / "run", steps=1))
+    assert spy.bases[0].get_output_embeddings()._prefixtune_contiguous
