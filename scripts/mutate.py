@@ -62,6 +62,10 @@ MODULES = {
     "serve.batch": "serve/batch.py",      # the continuous engine's padded batch
     "serve.continuous": "serve/continuous.py",  # the continuous engine's loop
     "hf.cache": "hf/cache.py",            # prefixes held in the KV cache
+    "train.lr_search": "train/lr_search.py",  # --lr auto
+    "train.precision": "train/precision.py",  # --bf16
+    "train.compiled": "train/compiled.py",    # --compile and its fallback
+    "serve.worker": "serve/worker.py",        # the engines' queue and thread
 }
 
 #: tests that never run the mutated code in-process (subprocesses) or take too long per mutant

@@ -166,3 +166,11 @@ def test_a_run_saved_before_an_option_existed_is_the_same_run(tmp_path):
     (run_dir(spec) / "config.json").write_text(json.dumps({**older, "report_to": ["tensorboard"]}))
     with pytest.raises(CompareError, match="report_to"):
         _check_same_config(spec)
+
+
+def test_the_rate_column_shows_what_lr_auto_chose():
+    from prefixtune.compare.report import _rates
+
+    assert _rates([{"lr": 1e-3, "lr_auto": False}]) == "0.001"
+    assert _rates([{"lr": 3e-3, "lr_auto": True}, {"lr": 9.49e-4, "lr_auto": True}, {"lr": 3e-3, "lr_auto": True}]) \
+        == "0.000949/0.003 (auto)"
