@@ -39,6 +39,7 @@ import torch
 from prefixtune.data.batching import Encoded, collate
 from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
+from prefixtune.train import guard
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ FILE = "lr_search.json"
 SPREAD = 10 ** 0.5  # between neighbouring candidates
 N_CANDIDATES = 5
 SURVIVORS = (3, 2, 1)  # after rounds 0, 1, 2
-COST = N_CANDIDATES * 1 + SURVIVORS[0] * 2 + SURVIVORS[1] * 4  # training steps per unit t
+#: training steps per unit t: round r trains each of its candidates t * 2**r steps
+COST = sum(alive * 2 ** r for r, alive in enumerate((N_CANDIDATES, *SURVIVORS[:-1])))
 PROBE_BATCHES = 2
 
 #: the centre of the candidates by (method, variant): the rates our sweeps found good
@@ -141,17 +143,18 @@ class Searcher:
             count = sum(int((b["labels"][:, 1:] != -100).sum()) if self.kind == "generation" else len(b["labels"])
                         for b in parts)
             opt.zero_grad(set_to_none=True)
+            total = 0.0
             for batch in parts:
                 with self.autocast():
                     loss_sum, _, _ = batch_loss(self.model, batch, self.kind, trim_logits=self.trim)
-                if not torch.isfinite(loss_sum):
-                    return False
                 (loss_sum / max(1, count)).backward()
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or math.inf)
-            if not torch.isfinite(norm):
-                return False
-            opt.step()
-            if not all(bool(torch.isfinite(p).all()) for p in params):
+                total += float(loss_sum.detach())
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm or math.inf))
+            try:  # the training loop's own divergence checks
+                guard.check_step(step + 1, total / max(1, count), norm, lr)
+                opt.step()
+                guard.check_parameters(params, step + 1, lr)
+            except guard.DivergedError:
                 return False
         return True
 
