@@ -133,7 +133,8 @@ def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_d
                        "ptuning": {"method": "prompt", "adapter": {"num_virtual_tokens": 2, "encoder": "mlp",
                                                                    "num_labels": 2}, "lr": 3e-2},
                        "lora": {"method": "lora", "adapter": {"r": 2}, "lr": 3e-2}},
-           "sweep": {"method": "ptuning_v2", "grid": {"lr": [1e-3, 3e-2]}}}
+           "sweep": {"method": "ptuning_v2", "grid": {"lr": [1e-3, 3e-2]}},
+           "contrasts": [["ptuning_v2", "lora"]], "bootstrap_samples": 200}
     (tmp_path / "cls.json").write_text(json.dumps(cfg))
     assert main(["compare", "--config", str(tmp_path / "cls.json")]) == 0
     report = (out / "report.md").read_text()
@@ -151,6 +152,11 @@ def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_d
     table_line = next(line for line in report.splitlines() if line.startswith("| ptuning_v2 |"))
     assert f"{data['methods']['ptuning_v2']['mean']:.2f}" in table_line
     assert data["methods"]["ptuning"]["stored"] < data["methods"]["ptuning"]["trainable"]  # the encoder is folded
+    # the bootstrap row's difference is the table's difference of means, inside its own interval
+    (iv,) = data["contrasts"]
+    assert iv["difference"] == pytest.approx(data["methods"]["ptuning_v2"]["mean"] - data["methods"]["lora"]["mean"])
+    assert iv["low"] <= iv["difference"] <= iv["high"] and iv["inputs"] == 16 and iv["samples"] == 200
+    assert "### Paired bootstrap" in report and f"| ptuning_v2 − lora | **{iv['difference']:+.2f}** |" in report
 
 
 def test_a_run_saved_before_an_option_existed_is_the_same_run(tmp_path):

@@ -21,6 +21,7 @@ A comparison file (YAML or JSON) looks like::
       methods: [prefix-mlp, full]
       sizes: [50, 100, 200, 500]
       seeds: [0, 1, 2]
+    contrasts: [[prefix-mlp, lora]]   # optional: a paired bootstrap interval of each difference a - b
 
 Grid keys that are TrainConfig fields (``lr``, ``steps`` ...) override the run; all others are
 adapter options. A grid key with a single value (not a list) is a fixed override, not swept.
@@ -77,6 +78,9 @@ class CompareConfig:
         low_data: ``{"methods": [...], "sizes": [...], "seeds": [...], <TrainConfig overrides>,
             "method_overrides": {<method>: {<TrainConfig overrides>}}}`` or None; each run trains
             on a random subset of that size (seeded) of the training data.
+        contrasts: ``[[a, b], ...]`` pairs of methods; the report gives the paired bootstrap interval
+            of ``a - b`` for each (:mod:`prefixtune.compare.bootstrap`), over the inputs every run scored.
+        bootstrap_samples: resamples per contrast.
     """
 
     name: str = "comparison"
@@ -86,6 +90,8 @@ class CompareConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     sweep: dict[str, Any] | None = None
     low_data: dict[str, Any] | None = None
+    contrasts: list[list[str]] = field(default_factory=list)
+    bootstrap_samples: int = 1000
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -127,6 +133,19 @@ class CompareConfig:
             stray = sorted(set(self.low_data.get("method_overrides") or {}) - set(self.low_data["methods"]))
             if stray:
                 raise ConfigError(f"low_data.method_overrides names methods not in low_data.methods: {stray}")
+        self._check_contrasts()
+
+    def _check_contrasts(self) -> None:
+        if not isinstance(self.contrasts, list):
+            raise ConfigError("contrasts must be a list of method pairs, e.g. [[prefix-mlp, lora]]")
+        for i, pair in enumerate(self.contrasts):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]:
+                raise ConfigError(f"contrasts[{i}] must be two different method names, e.g. [prefix-mlp, lora]")
+            unknown = [m for m in pair if m not in self.methods]
+            if unknown:
+                raise ConfigError(f"contrasts[{i}] names {unknown}, not methods of the comparison {sorted(self.methods)}")
+        if not isinstance(self.bootstrap_samples, int) or self.bootstrap_samples < 100:
+            raise ConfigError(f"bootstrap_samples must be an integer >= 100 (got {self.bootstrap_samples!r})")
 
     @classmethod
     def load(cls, path: str | Path) -> "CompareConfig":

@@ -11,6 +11,7 @@ from typing import Any
 
 from prefixtune.train.config import task_spec
 from prefixtune.train.rundir import read_metrics
+from prefixtune.compare.bootstrap import BootstrapError, paired_interval, read_records
 from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
 from prefixtune.compare.runner import is_finished, run_dir
 from prefixtune.extras import require
@@ -43,7 +44,8 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
             "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
             "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
             "tokens_per_s": (result.get("train_tokens") or 0) / seconds if seconds == seconds and seconds else None,
-            "peak_memory_mib": result.get("peak_memory_mib"), "curves": dict(curves)}
+            "peak_memory_mib": result.get("peak_memory_mib"), "curves": dict(curves),
+            "predictions": str(d / f"predictions-{split}.jsonl")}
 
 
 def _rates(rs: list[dict[str, Any]]) -> str:
@@ -106,6 +108,9 @@ def build_report(cfg: CompareConfig, plots_dir: Path, image_prefix: str = "") ->
     if methods:
         section, data["methods"] = _methods_section(cfg.name, methods, extra, metric, plots_dir, image_prefix)
         L += section
+    if methods and cfg.contrasts:
+        section, data["contrasts"] = _contrasts_section(cfg, methods, kind, metric)
+        L += section
 
     by_sweep = _group([r for r in rows if r["group"] == "sweep"], lambda r: r["part"])
     for sw in cfg.sweeps():
@@ -162,6 +167,32 @@ def _methods_section(name: str, methods: list[dict[str, Any]], extra: list[str],
     L += ["", f"![{metric} vs trainable parameters]({image_prefix}{_plot_params(summary, metric, plots_dir, name)})",
           f"![learning curves]({image_prefix}{_plot_curves(by_method, metric, plots_dir, name)})", ""]
     return L, summary
+
+
+def _contrasts_section(cfg: CompareConfig, methods: list[dict[str, Any]], kind: str,
+                       metric: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The paired bootstrap table, one row per contrast ``a - b``: ``(lines, intervals)``."""
+    by_method = _group(methods, lambda r: r["method"])
+    L = ["### Paired bootstrap: differences between methods", "",
+         f"Each row: the {metric} of A minus that of B (each the mean over its seeds, on every scored input), and "
+         f"the 95% interval of that difference over {cfg.bootstrap_samples:,} paired resamples of the scored inputs "
+         "(the same draw for both methods and all seeds; corpus metric recomputed on each draw). It says how much "
+         "the difference depends on which inputs the test set holds; the seeds' spread is the table's ± sd.", "",
+         f"| A − B | difference ({metric}) | 95% interval | draws with A ahead | inputs | seeds (A, B) |",
+         "|---|---:|---:|---:|---:|---:|"]
+    out = []
+    for a, b in cfg.contrasts:
+        records = {m: [read_records(Path(r["predictions"])) for r in by_method.get(m, [])
+                       if Path(r["predictions"]).is_file()] for m in (a, b)}
+        try:
+            iv = paired_interval(a, records[a], b, records[b], kind, cfg.bootstrap_samples)
+        except BootstrapError as e:
+            L.append(f"| {a} − {b} | — | — | — | — | {e} |")
+            continue
+        out.append(iv.to_dict())
+        L.append(f"| {a} − {b} | **{iv.difference:+.2f}** | [{iv.low:+.2f}, {iv.high:+.2f}] | "
+                 f"{100 * iv.share_a_better:.1f}% | {iv.inputs} | {iv.seeds[0]}, {iv.seeds[1]} |")
+    return L + [""], out
 
 
 def _sweep_section(name: str, specs: list[RunSpec], sw: dict[str, Any], sweep: list[dict[str, Any]], metric: str,
