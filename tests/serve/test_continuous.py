@@ -210,3 +210,60 @@ def test_a_bf16_base_serves_what_it_generates_alone(family):
     run(engine, {0: reqs[:3], 2: reqs[3:]})
     for r in reqs:
         assert r.tokens == alone(bank, r), (family, r.adapter)
+
+
+def compiled_run(bank, monkeypatch, compile_fn):
+    """Five requests of four adapters and the bare model on a compiled engine; returns the engine
+    and the requests. ``compile_fn`` stands in for ``torch.compile`` (recording its calls)."""
+    from prefixtune.runtime import compiled
+
+    monkeypatch.setattr(compiled.torch, "compile", compile_fn)
+    engine = ContinuousEngine(bank, Words(), EngineSettings(max_batch_size=4, max_batch_tokens=9, compile=True))
+    reqs = [Request(name, prompt(3 + 2 * i, seed=i), max_new_tokens=4 + i, ignore_eos=True)
+            for i, name in enumerate(["p3", "prompt4", None, "skip1", "p5"])]
+    run(engine, {0: reqs[:3], 2: reqs[3:]})
+    return engine, reqs
+
+
+def test_compiled_decoding_equals_eager(monkeypatch, caplog):
+    """``serve --compile``: prefill chunks and decoding steps of changing batch sizes through one
+    compiled model give every row the tokens it gets alone, eagerly; nothing fell back."""
+    import logging
+
+    bank, calls, real = bank_of("llama"), [], torch.compile
+
+    def counting(module, **kw):
+        calls.append(kw)
+        return real(module, **kw)
+
+    caplog.set_level(logging.WARNING, logger="prefixtune")
+    engine, reqs = compiled_run(bank, monkeypatch, counting)
+    assert calls == [{"dynamic": True}] and engine.model.call.compiled
+    assert not [r for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    for r in reqs:
+        assert r.tokens == alone(bank, r), r.adapter
+
+
+def test_a_compiled_step_that_fails_halfway_leaves_the_cache_as_it_was(monkeypatch, caplog):
+    """The stand-in compiled model runs the real forward (appending to the KV cache) and then
+    fails; the engine puts the cache back and reruns the step eagerly, so every row is still right."""
+    import logging
+
+    def halfway(module, **kw):
+        def call(*a, **k):
+            module(*a, **k)
+            raise RuntimeError("inductor: lowering failed")
+        return call
+
+    bank = bank_of("llama")
+    caplog.set_level(logging.WARNING, logger="prefixtune")
+    engine, reqs = compiled_run(bank, monkeypatch, halfway)
+    assert not engine.model.call.compiled
+    assert len([r for r in caplog.records if "decoding goes on without compiling" in r.getMessage()]) == 1
+    for r in reqs:
+        assert r.tokens == alone(bank, r), r.adapter
+
+
+def test_compile_is_for_the_continuous_engine_only():
+    with pytest.raises(ValueError, match="continuous engine only, not --batching mixed"):
+        EngineSettings(policy="mixed", compile=True)

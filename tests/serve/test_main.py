@@ -47,3 +47,10 @@ def test_server_settings_refuse_non_positive_counts(field):
 
     with pytest.raises(ValueError, match=field):
         ServerSettings(**{field: 0})
+
+
+def test_compile_reaches_the_engine_and_is_refused_with_micro_batching(capsys):
+    assert parse_args(["serve", "--compile"]).compile and not parse_args(["serve"]).compile
+    assert main(["serve", "--compile", "--batching", "same"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--batching continuous or leave out --compile" in err

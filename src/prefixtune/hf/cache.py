@@ -75,6 +75,22 @@ def merge(into: DynamicCache, other: DynamicCache, rows_into: int) -> DynamicCac
                                         for a, b in zip(into.layers, other.layers)])
 
 
+def snapshot(cache: DynamicCache) -> Callable[[], None]:
+    """A function that puts ``cache`` back as it is now: its layers and each layer's tensors and
+    flags. Cheap (references, no copies): a layer's ``update`` replaces its tensors, never writes
+    into them. For undoing a forward that failed halfway (a compiled decoding step rerun eagerly)."""
+    layers = list(cache.layers)
+    states = [dict(vars(layer)) for layer in layers]
+
+    def restore() -> None:
+        cache.layers[:] = layers
+        for layer, state in zip(layers, states):
+            vars(layer).clear()
+            vars(layer).update(state)
+
+    return restore
+
+
 # --------------------------------------------------------------------------------------------
 # generate(): a folded prefix written once into the cache instead of merged at every step
 

@@ -24,6 +24,7 @@ from torch import nn
 from prefixtune.hf import cache as kv
 from prefixtune.hf.boundary import KEY_MASK_KWARG, accepts_logits_to_keep, sliding_layers
 from prefixtune.runtime.adapters import AdapterTensors
+from prefixtune.runtime.compiled import MaybeCompiled
 from prefixtune.serve.request import Request
 
 LOCATION = "decoder_self"
@@ -44,7 +45,9 @@ class Row:
 @dataclass
 class Model:
     """What the batch needs of the model: the transformers model, its attention modules by
-    layer, the cache's head count and size, its dtype, pad id and position base."""
+    layer, the cache's head count and size, its dtype, pad id and position base; ``compile``:
+    run the forwards under ``torch.compile`` (:class:`~prefixtune.runtime.compiled.MaybeCompiled`:
+    eager after a failure, the cache put back first)."""
 
     model: nn.Module
     modules: dict[int, nn.Module]
@@ -54,10 +57,12 @@ class Model:
     device: torch.device
     pad_id: int
     position_base: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.logits_to_keep = accepts_logits_to_keep(self.model)
         self.sliding = sliding_layers(self.model.config)
+        self.call = MaybeCompiled(self.model, self.compile, what="decoding")
 
     def forward(self, cache: Any, cols: "Columns", position_ids: torch.Tensor, input_ids: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, upto: int | None = None) -> torch.Tensor:
@@ -76,7 +81,8 @@ class Model:
             prefix = view("prefix")
             kwargs[KEY_MASK_KWARG] = {self.modules[i]: (prefix, prefix & ~view(f"hidden:{i}") if f"hidden:{i}" in cols.names
                                                         else prefix) for i in layers}
-        out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+        undo = kv.snapshot(cache) if self.call.compiled else None
+        out = self.call.call(undo, input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
         return out.logits[:, -1].float()
 
 

@@ -72,7 +72,7 @@ class ContinuousEngine(QueueWorker):
         self.eos_id = tokenizer.eos_token_id
         self.model = Model(model, {layer: injection.modules[(LOCATION, layer)] for layer in range(shape.num_layers)},
                            shape.num_kv_heads, shape.head_dim, param.dtype, param.device, self.pad_id,
-                           injection.position_base)
+                           injection.position_base, compile=self.settings.compile)
         self.limit = _context_limit(model, injection)
         self.outputs = Outputs(tokenizer, self.eos_id)
         super().__init__(self.settings.max_queue)

@@ -32,19 +32,24 @@ class EngineSettings:
     the default; ``"mixed"``, ``"same"``, ``"none"``: this module's micro-batching),
     ``max_batch_size`` rows at once, ``max_batch_tokens`` tokens per step of the continuous
     engine (decoding rows plus a chunk of new prompts), ``batch_wait_ms`` to gather a
-    micro-batch, ``max_queue`` waiting requests before refusing with 429. Counts must be >= 1
-    and the wait >= 0 (a ConfigError, a ValueError, naming the field: a batch size of 0 would
-    never run)."""
+    micro-batch, ``max_queue`` waiting requests before refusing with 429; ``compile``: the
+    continuous engine's forwards under ``torch.compile`` (the other policies decode with
+    ``generate`` and refuse it). Counts must be >= 1 and the wait >= 0 (a ConfigError, a
+    ValueError, naming the field: a batch size of 0 would never run)."""
 
     policy: str = "continuous"
     max_batch_size: int = 32
     batch_wait_ms: float = 5.0
     max_queue: int = 256
     max_batch_tokens: int = 512
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"batching policy must be one of {POLICIES}, got {self.policy!r}")
+        if self.compile and self.policy != "continuous":
+            raise ValueError(f"compile applies to the continuous engine only, not --batching {self.policy}: "
+                             f"use --batching continuous or leave out --compile")
         for name in ("max_batch_size", "max_queue", "max_batch_tokens"):
             check_count(f"EngineSettings.{name}", getattr(self, name))
         check_range("EngineSettings.batch_wait_ms", self.batch_wait_ms, low=0.0)

@@ -41,7 +41,7 @@ from prefixtune.io.files import atomic_write
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep, contiguous_head_input
 from prefixtune.train import distributed, guard, logs, lr_search, methods, precision, rundir, trackers
-from prefixtune.train.compiled import MaybeCompiled
+from prefixtune.runtime.compiled import MaybeCompiled
 from prefixtune.train.agree import any_process, from_main, sum_over_processes
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.memory import PeakMemory
@@ -100,7 +100,7 @@ class Run:
     data: TrainData
     trim: bool  # compute the LM head only where targets are (``batch_loss(trim_logits=True)``)
     ddp: Any = None  # what the steps call: DDP-wrapped or FSDP-sharded with several processes (set after resuming)
-    forward: Any = None  # ``ddp``, compiled with --compile (:class:`~prefixtune.train.compiled.MaybeCompiled`)
+    forward: Any = None  # ``ddp``, compiled with --compile (:class:`~prefixtune.runtime.compiled.MaybeCompiled`)
     eval_task: Task | None = None  # loaded at the first evaluation
     memory: PeakMemory | None = None  # this process's peak memory (set when the steps start)
     lr: float = 0.0  # the peak learning rate (``cfg.lr``, or the one ``lr: auto`` found)

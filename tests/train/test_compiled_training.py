@@ -9,8 +9,7 @@ import logging
 import pytest
 import torch
 
-from prefixtune.train import compiled
-from prefixtune.train.compiled import MaybeCompiled
+from prefixtune.runtime import compiled
 from prefixtune.train.config import TrainConfig
 from prefixtune.train.loop import train
 
@@ -71,21 +70,3 @@ def test_a_compile_that_fails_falls_back_to_eager(tiny_dir, e2e_dir, tmp_path, m
     warned = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
     assert len(warned) == 1 and "RuntimeError: inductor: no C++ compiler found" in warned[0]
     assert losses(tmp_path / "fallback") == losses(tmp_path / "eager")
-
-
-def test_an_error_of_the_model_itself_is_raised_not_swallowed(monkeypatch):
-    class Bad(torch.nn.Module):
-        def forward(self, x):
-            raise ValueError("input_ids has the wrong shape")
-
-    monkeypatch.setattr(compiled.torch, "compile", lambda module, **kw: module)
-    step = MaybeCompiled(Bad(), enabled=True)
-    with pytest.raises(ValueError, match="wrong shape"):
-        step(torch.zeros(1))
-    assert step.compiled  # the compiled path was not blamed for the model's error
-
-
-def test_compile_off_calls_the_module_itself():
-    module = torch.nn.Linear(2, 2)
-    step = MaybeCompiled(module, enabled=False)
-    assert not step.compiled and torch.equal(step(torch.ones(1, 2)), module(torch.ones(1, 2)))
