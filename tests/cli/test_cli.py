@@ -37,10 +37,13 @@ def test_train_eval_generate(tiny_dir, e2e_dir, tmp_path):
     saved = json.loads((run / "config.json").read_text())
     assert saved["steps"] == 4 and saved["adapter"] == {"prefix_length": 3, "hidden_size": 16,
                                                         "reparameterization": "direct"}
-    r = cli("eval", "--run", run, "--split", "dev", "--limit", 2)
+    assert json.loads((run / "scores-dev.json").read_text())["no_repeat_ngram"] == 0  # the run's: no guard
+    r = cli("eval", "--run", run, "--split", "dev", "--limit", 2, "--no-repeat-ngram", 2)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert (run / "predictions-dev.jsonl").is_file() and (run / "scores-dev.json").is_file()
-    r = cli("generate", "--run", run, "--input", "name[Place 1], food[Thai]\\n", "--max-new-tokens", 4)
+    assert (run / "predictions-dev.jsonl").is_file()
+    assert json.loads((run / "scores-dev.json").read_text())["no_repeat_ngram"] == 2
+    r = cli("generate", "--run", run, "--input", "name[Place 1], food[Thai]\\n", "--max-new-tokens", 4,
+            "--no-repeat-ngram", 3)
     assert r.returncode == 0 and "name[Place 1]" in r.stdout
     r = cli("params", "--model", tiny_dir, "--prefix-length", 3, "--reparameterization", "direct")
     assert r.returncode == 0 and r.stdout.startswith("trainable 192 ")  # l=3 x 2 layers x (K,V) x 2 kv heads x 8

@@ -53,6 +53,20 @@ def test_changed_options_are_refused_by_name_before_anything_is_written(tiny_dir
     assert keys(run)[-1] == (4, "dev")
 
 
+def test_an_option_the_run_predates_ran_at_its_default(tiny_dir, e2e_dir, tmp_path):
+    """Before: a run written before an option existed (its config.json lacks it) could not be
+    resumed by a newer prefixtune ("no_repeat_ngram: '(unset)' -> 0")."""
+    run = tmp_path / "run"
+    train(config(tiny_dir, e2e_dir, run, steps=3, eval_every=0), stop_after=1)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["no_repeat_ngram"]
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"no_repeat_ngram: 0 -> 3"):  # not the default: still another run
+        train(config(tiny_dir, e2e_dir, run, steps=3, eval_every=0, no_repeat_ngram=3))
+    train(config(tiny_dir, e2e_dir, run, steps=3, eval_every=0))
+    assert keys(run)[-1] == (3, "dev")
+
+
 def test_the_cli_refuses_a_changed_option_in_one_line(tiny_dir, e2e_dir, tmp_path, capsys):
     run = tmp_path / "run"
     train(config(tiny_dir, e2e_dir, run, steps=2, eval_every=0), stop_after=1)

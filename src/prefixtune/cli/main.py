@@ -117,6 +117,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--limit", type=COUNT, default=None, help="first N inputs only")
     ev.add_argument("--adapter", default="best", choices=("best", "adapter"), help="best or final adapter")
     ev.add_argument("--num-beams", type=COUNT, default=None, help="beam search width (default: the run's)")
+    ev.add_argument("--no-repeat-ngram", type=bounded(int, 0, name="int"), default=None, metavar="N",
+                    help="never generate an N-token n-gram twice in one output; 0: no guard (default: the run's)")
     ev.add_argument("--show", type=bounded(int, 0, name="int"), default=3, help="print this many predictions")
     ev.add_argument("--no-loss", action="store_true",
                     help="generation tasks: skip the loss over every input-reference pair (faster)")
@@ -130,6 +132,8 @@ def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--adapter", default="best", choices=("best", "adapter"))
     gen.add_argument("--max-new-tokens", type=COUNT, default=60)
     gen.add_argument("--num-beams", type=COUNT, default=1)
+    gen.add_argument("--no-repeat-ngram", type=bounded(int, 0, name="int"), default=0, metavar="N",
+                     help="never generate an N-token n-gram twice in one output (0: no guard)")
     gen.add_argument("--temperature", type=bounded(float, 0, name="float"), default=0.0, help="0 (or below 1e-5) = greedy")
     gen.add_argument("--stop", action="append", default=None)
 

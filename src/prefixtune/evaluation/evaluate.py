@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from transformers import LogitsProcessorList
 
 from prefixtune.data.batching import collate, encode
 from prefixtune.data.tasks import Task
 from prefixtune.evaluation.loss import batch_loss
 from prefixtune.evaluation.metrics import classification_scores, generation_scores
 from prefixtune.extras import require
+from prefixtune.evaluation.repeats import NoRepeatInOutput
 from prefixtune.evaluation.stops import cut_at_stop
 
 
@@ -21,9 +23,10 @@ GREEDY_BELOW = 1e-5
 @torch.no_grad()
 def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 16,
                    max_new_tokens: int = 60, num_beams: int = 1, stop: Sequence[str] = ("\n",),
-                   do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+                   do_sample: bool = False, temperature: float = 1.0, no_repeat_ngram: int = 0) -> list[str]:
     """Greedy/beam/sampled continuations of ``prompts``, cut at the first stop string (sampling
-    at a temperature below :data:`GREEDY_BELOW` decodes greedily)."""
+    at a temperature below :data:`GREEDY_BELOW` decodes greedily); ``no_repeat_ngram`` > 0: no
+    n-gram of that many tokens twice in one output (:class:`~prefixtune.evaluation.repeats.NoRepeatInOutput`)."""
     model.eval()
     do_sample = do_sample and temperature >= GREEDY_BELOW
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -48,6 +51,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
                       pad_token_id=pad, eos_token_id=stop_ids)
             if do_sample:
                 kw["temperature"] = temperature
+            if no_repeat_ngram:
+                kw["logits_processor"] = LogitsProcessorList([NoRepeatInOutput(no_repeat_ngram)])
             out = model.generate(**enc, **kw)
             for row, i in zip(out, idx):
                 text = tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -61,7 +66,8 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
 @torch.no_grad()
 def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int | None = None,
              batch_size: int = 16, max_new_tokens: int = 60, num_beams: int = 1,
-             stop: Sequence[str] = ("\n",), with_loss: bool = True) -> tuple[dict[str, float], list[dict[str, Any]]]:
+             stop: Sequence[str] = ("\n",), with_loss: bool = True,
+             no_repeat_ngram: int = 0) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Scores and per-input predictions of ``model`` on ``task``: the loss (mean over target tokens
     of every input-reference pair; skipped for generation tasks when ``with_loss`` is False),
     plus BLEU & co. (generation) or accuracy and F1 (classification)."""
@@ -90,7 +96,8 @@ def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int
     records: list[dict[str, Any]] = []
     if kind == "generation":
         inputs = task.inputs[:limit] if limit is not None else task.inputs
-        hyps = generate_texts(model, tokenizer, inputs, batch_size, max_new_tokens, num_beams, stop)
+        hyps = generate_texts(model, tokenizer, inputs, batch_size, max_new_tokens, num_beams, stop,
+                              no_repeat_ngram=no_repeat_ngram)
         refs = [task.references[i] for i in inputs]
         scores.update(generation_scores(hyps, refs))
         records = [{"input": i, "prediction": h, "references": r} for i, h, r in zip(inputs, hyps, refs)]

@@ -78,17 +78,20 @@ def command_line_text(text: str) -> str:
 
 
 def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", num_beams: int | None = None,
-              show: int = 3, with_loss: bool = True) -> dict[str, float]:
-    """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``."""
+              show: int = 3, with_loss: bool = True, no_repeat_ngram: int | None = None) -> dict[str, float]:
+    """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``
+    (``num_beams``, ``no_repeat_ngram``: None for the run's own)."""
     cfg, spec, model, tok = _load_run(run, adapter)
     task = load_task(spec, split, data=cfg.data)
     if serves_every_split(cfg.data) and split != "train":
         log.warning(f"{split} scores are on the training data: {cfg.data} is one file, which serves every split")
     t0 = time.perf_counter()
+    repeats = cfg.no_repeat_ngram if no_repeat_ngram is None else no_repeat_ngram
     scores, records = evaluate(model, tok, task, cfg.max_length, limit, max_new_tokens=cfg.max_new_tokens,
-                               num_beams=num_beams or cfg.num_beams, stop=cfg.stop, with_loss=with_loss)
+                               num_beams=num_beams or cfg.num_beams, stop=cfg.stop, with_loss=with_loss,
+                               no_repeat_ngram=repeats)
     meta = {"split": split, "inputs": len(records), "adapter": adapter, "num_beams": num_beams or cfg.num_beams,
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "no_repeat_ngram": repeats, "seconds": round(time.perf_counter() - t0, 1)}
     atomic_write(run / f"scores-{split}.json", json.dumps({**scores, **meta}, indent=2).encode())
     atomic_write(run / f"predictions-{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
     print(f"{cfg.task} {split} ({len(records)} inputs, {adapter} adapter): "
@@ -99,7 +102,8 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
 
 
 def run_eval(args: Any) -> None:
-    score_run(Path(args.run), args.split, args.limit, args.adapter, args.num_beams, args.show, not args.no_loss)
+    score_run(Path(args.run), args.split, args.limit, args.adapter, args.num_beams, args.show, not args.no_loss,
+              args.no_repeat_ngram)
 
 
 def run_generate(args: Any) -> None:
@@ -107,6 +111,6 @@ def run_generate(args: Any) -> None:
     texts = [command_line_text(t) for t in args.input]
     outs = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                           stop=args.stop or cfg.stop, do_sample=args.temperature > 0,
-                          temperature=args.temperature)
+                          temperature=args.temperature, no_repeat_ngram=args.no_repeat_ngram)
     for t, o in zip(texts, outs):
         print(f"{t!r} -> {o}")

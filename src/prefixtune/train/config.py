@@ -90,6 +90,8 @@ class TrainConfig:
     test_limit: int | None = option(None, "score only the first N inputs of test_split (None: all)")
     max_new_tokens: int = option(60, "decoding for generation metrics: the most tokens generated per input")
     num_beams: int = option(1, "decoding for generation metrics: beam width (1: greedy)")
+    no_repeat_ngram: int = option(0, "decoding for generation metrics: never generate an n-gram of this many "
+                                     "tokens twice in one output (the prompt's n-grams stay allowed; 0: no guard)")
     stop: list[str] = option(help="decoding for generation metrics: stop at any of these strings",
                              factory=lambda: ["\n"])
     seed: int = option(0, "seeds the data order, the initialization and dropout")
@@ -123,6 +125,8 @@ class TrainConfig:
                     ("_limit", "patience")) else ""))
         if self.eval_every < 0:
             raise ConfigError(f"eval_every must be >= 0 (0: evaluate only at the end), got {self.eval_every}")
+        if self.no_repeat_ngram < 0:
+            raise ConfigError(f"no_repeat_ngram must be >= 0 (0: no repetition guard), got {self.no_repeat_ngram}")
         if self.max_seconds is not None:
             check_range("max_seconds", self.max_seconds, low=0.0, hint="0: one step; None: no budget")
         if self.lr != "auto":

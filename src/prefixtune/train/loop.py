@@ -142,7 +142,7 @@ def prepare_directory(cfg: TrainConfig, acc: Any, resume: bool) -> None:
                           "directory")
     wanted = cfg.to_dict()
     if resume:
-        rundir.check_same_options(out, wanted)  # every process reads; none has written yet
+        rundir.check_same_options(out, wanted, TrainConfig().to_dict())  # every process reads; none has written yet
     if acc.is_main_process:
         if not resume:
             rundir.set_aside(out)
@@ -330,7 +330,8 @@ def score(run: Run, step: int) -> dict[str, float]:
             log.warning(f"{cfg.eval_split} scores are on the training data: {describe(cfg.data)} is one file, "
                         "which serves every split; give a directory with train and dev files for held-out scores")
     scores, _ = evaluation.evaluate(run.model, run.tok, run.eval_task, cfg.max_length, cfg.eval_limit,
-                                    max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, stop=cfg.stop)
+                                    max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, stop=cfg.stop,
+                                    no_repeat_ngram=cfg.no_repeat_ngram)
     run.model.train()
     run.write_metrics({"step": step, "split": cfg.eval_split, **scores})
     log.info(f"step {step}: {cfg.eval_split} " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))

@@ -48,10 +48,12 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def changed_options(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+def changed_options(saved: dict[str, Any], wanted: dict[str, Any],
+                    defaults: dict[str, Any] | None = None) -> list[str]:
     """``"name: saved -> wanted"`` for each option (dotted inside ``adapter``) that differs and is
-    not free to change."""
-    old, new = _flatten(saved), _flatten(wanted)
+    not free to change. An option ``saved`` lacks (the run predates it) ran at its value in
+    ``defaults``, where given."""
+    old, new = _flatten({**(defaults or {}), **saved}), _flatten(wanted)
     changes = []
     for name in sorted(set(old) | set(new)):
         if name.split(".")[0] in FREE_TO_CHANGE or old.get(name) == new.get(name):
@@ -81,15 +83,16 @@ def saved_options(out: Path) -> dict[str, Any] | None:
     return saved
 
 
-def check_same_options(out: Path, wanted: dict[str, Any]) -> None:
-    """Refuse (ConfigError) to resume the run in ``out`` with options that change its result.
+def check_same_options(out: Path, wanted: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+    """Refuse (ConfigError) to resume the run in ``out`` with options that change its result
+    (``defaults``: what an option the run predates ran at).
 
     Nothing is written, so a refused rerun leaves the run as it was.
     """
     saved = saved_options(out)
     if saved is None:
         return
-    changes = changed_options(saved, wanted)
+    changes = changed_options(saved, wanted, defaults)
     if changes:
         raise ConfigError(f"{out} holds a run with other options ({'; '.join(changes)}): resuming it would mix "
                           "two runs. Rerun with the same options to resume it, --no-resume to start over (the "
