@@ -5,8 +5,8 @@ One process: the same bf16 bank (a folded direct prefix, l = 10) behind two cont
 one eager, one whose forwards run under ``torch.compile`` (``EngineSettings(compile=True)``).
 Batch 1 and 16, 32-token prompts, 32 new tokens (EOS ignored), greedy. The first compiled round of
 each batch size is reported apart (it compiles: prefill and decoding shapes, batch 1 and > 1 are
-graphs of their own); then interleaved rounds, medians. Also checked: the compiled engine's greedy
-tokens equal eager's. Results: the ``bench_decode_compile`` section of ``docs/benchmarks.md`` and
+graphs of their own); then interleaved rounds, medians. Also reported: how many of the compiled
+engine's greedy tokens equal eager's. Results: the ``bench_decode_compile`` section of ``docs/benchmarks.md`` and
 ``docs/bench_decode_compile.json``.
 
     python bench/bench_decode_compile.py            # ~10 min on 2 CPU cores, most of it compiling
@@ -74,7 +74,10 @@ def main() -> None:
             first[batch], compiled_tokens = decode(engines["compiled"], prompts[batch], args.new)
             log(f"batch {batch}: first compiled round {first[batch]:.1f} s")
             _, eager_tokens = decode(engines["eager"], prompts[batch], args.new)
-            same[batch] = compiled_tokens == eager_tokens
+            pairs = list(zip(compiled_tokens, eager_tokens))
+            diverge = [next((i for i, (x, y) in enumerate(zip(c, e)) if x != y), args.new) for c, e in pairs]
+            same[batch] = {"same_tokens": sum(x == y for c, e in pairs for x, y in zip(c, e)) / (batch * args.new),
+                           "first_difference_median": statistics.median(diverge)}
         for r in range(args.rounds):
             for batch in cases:
                 for mode, engine in engines.items():
@@ -84,7 +87,8 @@ def main() -> None:
     failure = engines["compiled"].model.call.failure
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [f"| {b} | {first[b]:.0f} | {b * args.new / med[f'eager b{b}']:.0f} | {b * args.new / med[f'compiled b{b}']:.0f} "
-            f"| **{med[f'eager b{b}'] / med[f'compiled b{b}']:.2f}x** | {'yes' if same[b] else 'NO'} |" for b in cases]
+            f"| **{med[f'eager b{b}'] / med[f'compiled b{b}']:.2f}x** | {100 * same[b]['same_tokens']:.0f}% "
+            f"(first difference at token {same[b]['first_difference_median']:g}) |" for b in cases]
     cmd = "python bench/bench_decode_compile.py"
     env = environment(2)
     (args.out / "bench_decode_compile.json").write_text(json.dumps(
@@ -96,9 +100,13 @@ Command: `{cmd}` · {env_line(env)} · medians of {args.rounds} interleaved roun
 
 The serving engine (continuous batching), greedy, 32-token prompts, {args.new} new tokens (EOS ignored).
 The first compiled round includes compiling (the prefill and decoding shapes, batch 1 and batch > 1
-are separate graphs). {'Compiling failed and the engine fell back to eager: ' + failure if failure else 'Compiling did not fail.'}
+are separate graphs). In bf16 the compiled kernels (fused operations) round differently from eager
+ones, so a near-tie between two tokens can flip and the rest of that row follows; that this is
+all the difference is not shown yet (an fp32 comparison on SmolLM2 is not run; on the tiny fp32
+models of the tests compiled tokens equal eager's). A random prefix on random prompts has many
+near-ties. {'Compiling failed and the engine fell back to eager: ' + failure if failure else 'Compiling did not fail.'}
 
-| batch | first compiled round (s) | eager tokens/s | compiled tokens/s | compiled speed-up | greedy tokens equal |
+| batch | first compiled round (s) | eager tokens/s | compiled tokens/s | compiled speed-up | greedy tokens equal to eager's (median over rows) |
 |---:|---:|---:|---:|---:|---|
 {chr(10).join(rows)}
 """
