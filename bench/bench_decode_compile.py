@@ -101,9 +101,9 @@ Command: `{cmd}` · {env_line(env)} · medians of {args.rounds} interleaved roun
 The serving engine (continuous batching), greedy, 32-token prompts, {args.new} new tokens (EOS ignored).
 The first compiled round includes compiling (the prefill and decoding shapes, batch 1 and batch > 1
 are separate graphs). In bf16 the compiled kernels (fused operations) round differently from eager
-ones, so a near-tie between two tokens can flip and the rest of that row follows; that this is
-all the difference is not shown yet (an fp32 comparison on SmolLM2 is not run; on the tiny fp32
-models of the tests compiled tokens equal eager's). A random prefix on random prompts has many
+ones, so a near-tie between two tokens can flip and the rest of that row follows; in fp32 the
+compiled tokens equal eager's (SmolLM2, batch 16, a one-off check; and on the tiny models of the
+tests). A random prefix on random prompts has many
 near-ties. {'Compiling failed and the engine fell back to eager: ' + failure if failure else 'Compiling did not fail.'}
 
 | batch | first compiled round (s) | eager tokens/s | compiled tokens/s | compiled speed-up | greedy tokens equal to eager's (median over rows) |
