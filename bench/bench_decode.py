@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, environment, log, replace_section  # noqa: E402
 
 
-def engine_run(engine, adapter, prompts, new: int) -> float:
+def engine_decode(engine, adapter, prompts, new: int) -> tuple[float, list[list[int]]]:
+    """Seconds for the serving engine to decode ``prompts`` to ``new`` tokens each, and the tokens."""
     from prefixtune.serve.request import Request
 
     reqs = [Request(adapter, p, new, ignore_eos=True) for p in prompts]
@@ -36,8 +37,13 @@ def engine_run(engine, adapter, prompts, new: int) -> float:
         engine.submit(r)
     while not engine.idle:
         engine.turn()
+    seconds = time.perf_counter() - t
     assert all(len(r.tokens) == new for r in reqs)
-    return time.perf_counter() - t
+    return seconds, [r.tokens for r in reqs]
+
+
+def engine_run(engine, adapter, prompts, new: int) -> float:
+    return engine_decode(engine, adapter, prompts, new)[0]
 
 
 def generate_run(bank, adapter, prompts, new: int, merged: bool = False) -> float:

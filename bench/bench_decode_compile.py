@@ -25,20 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import engine_decode  # noqa: E402
 from common import ROOT, env_line, environment, log, replace_section  # noqa: E402
-
-
-def decode(engine, prompts, new: int) -> tuple[float, list[list[int]]]:
-    """Seconds to decode ``prompts`` to ``new`` tokens each, and the tokens."""
-    from prefixtune.serve.request import Request
-
-    reqs = [Request("p10", p, new, ignore_eos=True) for p in prompts]
-    t = time.perf_counter()
-    for r in reqs:
-        engine.submit(r)
-    while not engine.idle:
-        engine.turn()
-    return time.perf_counter() - t, [r.tokens for r in reqs]
 
 
 def main() -> None:
@@ -71,9 +59,9 @@ def main() -> None:
     first, times, same = {}, {}, {}
     with torch.inference_mode():
         for batch in cases:
-            first[batch], compiled_tokens = decode(engines["compiled"], prompts[batch], args.new)
+            first[batch], compiled_tokens = engine_decode(engines["compiled"], "p10", prompts[batch], args.new)
             log(f"batch {batch}: first compiled round {first[batch]:.1f} s")
-            _, eager_tokens = decode(engines["eager"], prompts[batch], args.new)
+            _, eager_tokens = engine_decode(engines["eager"], "p10", prompts[batch], args.new)
             pairs = list(zip(compiled_tokens, eager_tokens))
             diverge = [next((i for i, (x, y) in enumerate(zip(c, e)) if x != y), args.new) for c, e in pairs]
             same[batch] = {"same_tokens": sum(x == y for c, e in pairs for x, y in zip(c, e)) / (batch * args.new),
@@ -81,7 +69,7 @@ def main() -> None:
         for r in range(args.rounds):
             for batch in cases:
                 for mode, engine in engines.items():
-                    s, _ = decode(engine, prompts[batch], args.new)
+                    s, _ = engine_decode(engine, "p10", prompts[batch], args.new)
                     times.setdefault(f"{mode} b{batch}", []).append(s)
                     log(f"round {r + 1} {mode} batch {batch}: {s:.2f} s ({batch * args.new / s:.0f} tokens/s)")
     failure = engines["compiled"].model.call.failure

@@ -39,7 +39,7 @@ def serve_from_args(args: Any) -> None:
         adapters.append((name, path))
     engine_settings = EngineSettings(policy=args.batching, max_batch_size=args.max_batch_size,
                                      batch_wait_ms=args.batch_wait_ms, max_queue=args.max_queue,
-                                     max_batch_tokens=args.max_batch_tokens, compile=getattr(args, "compile", False))
+                                     max_batch_tokens=args.max_batch_tokens, compile=args.compile)
     settings = ServerSettings(base_name=args.served_model_name or served_model_name(args.model),
                               api_key=args.api_key, admin_key=args.admin_key, max_prompt_tokens=args.max_prompt_tokens,
                               max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
