@@ -249,7 +249,7 @@ def test_bad_values_are_one_clear_line(argv, message, capsys):
     ("steps: '10'\n", "steps must be an int, got '10'"),
     ("steps: 1.5\n", "steps must be an int, got 1.5"),
     ("lr: 1e-3\n", "lr must be a float or one of auto, got '1e-3'"),
-    ("bf16: 'no'\n", "bf16 must be true or false, got 'no'"),
+    ("bf16: 'no'\n", "bf16 must be true or false or one of auto, got 'no'"),
     ("stop: 5\n", "stop must be a list of str, got 5"),
     ("method: nope\n", "method must be one of prefix, prompt, ptuning_v2, lora, full, got 'nope'"),
     ("adapter:\n  prefx_length: 3\n", "did you mean 'prefix_length'?"),
@@ -304,3 +304,11 @@ def test_documented_commands_parse():
             train_config(args)  # the config file and every override resolve to a valid TrainConfig
         elif args.command == "compare" and (ROOT / args.config).is_file():
             assert CompareConfig.load(ROOT / args.config).runs()  # every run's TrainConfig is valid
+
+
+@pytest.mark.parametrize("flags, value", [(["--bf16"], True), (["--bf16", "auto"], "auto"),
+                                          (["--bf16", "false"], False), (["--bf16", "--steps", "3"], True), ([], False)])
+def test_bf16_is_true_false_or_auto(flags, value, capsys):
+    code, out, err = run(["train", *flags, "--print-config"], capsys)
+    assert code == 0, err
+    assert yaml.safe_load(out)["bf16"] == value

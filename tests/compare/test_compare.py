@@ -138,8 +138,9 @@ def test_a_classification_comparison_reports_accuracy(tiny_bert_dir, sentiment_d
     (tmp_path / "cls.json").write_text(json.dumps(cfg))
     assert main(["compare", "--config", str(tmp_path / "cls.json")]) == 0
     report = (out / "report.md").read_text()
-    assert "accuracy is the task metric" in report and "| method | lr | accuracy | f1 |" in report
+    assert "accuracy is the task metric" in report and "| method | lr | precision | accuracy | f1 |" in report
     assert "4 optimizer steps or 600 s" in report and "Sweep: ptuning_v2" in report
+    assert "| ptuning_v2 | 0.03 | fp32 | " in report
     data = json.loads((out / "report.json").read_text())
     assert data["metric"] == "accuracy" and set(data["methods"]) == {"ptuning_v2", "ptuning", "lora"}
     assert all(r["split"] == "dev" for r in data["runs"])
@@ -180,3 +181,12 @@ def test_the_rate_column_shows_what_lr_auto_chose():
     assert _rates([{"lr": 1e-3, "lr_auto": False}]) == "0.001"
     assert _rates([{"lr": 3e-3, "lr_auto": True}, {"lr": 9.49e-4, "lr_auto": True}, {"lr": 3e-3, "lr_auto": True}]) \
         == "0.000949/0.003 (auto)"
+
+
+@pytest.mark.parametrize("method, bf16, word", [("prefix", True, "bf16"), ("lora", True, "bf16"),
+                                                ("full", True, "bf16 autocast"), ("prompt", False, "fp32"),
+                                                ("prefix", "auto", "?")])
+def test_the_precision_column_says_what_a_run_computed_in(method, bf16, word):
+    from prefixtune.compare.report import _precision
+
+    assert _precision(method, bf16) == word

@@ -54,3 +54,16 @@ def test_compile_reaches_the_engine_and_is_refused_with_micro_batching(capsys):
     assert main(["serve", "--compile", "--batching", "same"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--batching continuous or leave out --compile" in err
+
+
+@pytest.mark.parametrize("choice, speedup, dtype", [("auto", 2.4, "bfloat16"), ("auto", 0.012, "float32"),
+                                                    ("float32", 2.4, "float32"), ("bfloat16", 0.012, "bfloat16")])
+def test_dtype_auto_serves_in_bf16_only_where_it_measures_faster(monkeypatch, choice, speedup, dtype):
+    import torch
+
+    from prefixtune.runtime import hardware
+    from prefixtune.serve.main import base_dtype
+
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda device_type: speedup)
+    assert parse_args(["serve", "--dtype", choice]).dtype == choice
+    assert base_dtype(choice) is getattr(torch, dtype)

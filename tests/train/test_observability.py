@@ -41,7 +41,11 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_startup_line_names_world_size_devices_dtype_and_batch(tiny_dir, e2e_dir, tmp_path, caplog, scripted_bleu):
+def test_startup_line_names_world_size_devices_dtype_and_batch(tiny_dir, e2e_dir, tmp_path, caplog, scripted_bleu,
+                                                               monkeypatch):
+    from prefixtune.runtime import hardware
+
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda device_type: 2.0)  # no slow-bf16 warning on any machine
     caplog.set_level(logging.INFO, logger="prefixtune")
     result = train(config(tiny_dir, e2e_dir, tmp_path / "run", steps=1, grad_accum=2, bf16=True))
     lines = [r for r in caplog.records if r.getMessage().startswith("world size")]

@@ -138,3 +138,55 @@ def test_training_hooks_the_lm_head(tiny_dir, e2e_dir, tmp_path, monkeypatch):
     spy = Spy(monkeypatch)
     train(run_config(tiny_dir, e2e_dir, tmp_path / "run", steps=1))
     assert spy.bases[0].get_output_embeddings()._prefixtune_contiguous
+
+
+@pytest.fixture
+def speedup(monkeypatch):
+    """Make bf16 matmuls measure ``speedup.value`` times float32's speed (None: fail if probed)."""
+    from prefixtune.runtime import hardware
+
+    class Speedup:
+        value: float | None = None
+
+        def __call__(self, device_type):
+            assert self.value is not None, "probed although nothing asked for bf16"
+            return self.value
+
+    fake = Speedup()
+    monkeypatch.setattr(hardware, "bf16_speedup", fake)
+    return fake
+
+
+@pytest.mark.parametrize("measured, chosen", [(2.4, True), (0.012, False), (1.1, False)])
+def test_auto_takes_bf16_only_where_it_measures_faster(speedup, caplog, measured, chosen):
+    speedup.value = measured
+    caplog.set_level("INFO", logger="prefixtune")
+    assert precision.resolve("auto", "cpu") is chosen
+    assert f"bf16 auto: {'bf16' if chosen else 'float32'}" in caplog.text
+
+
+def test_false_never_probes(speedup):
+    assert precision.resolve(False, "cpu") is False
+
+
+@pytest.mark.parametrize("measured, warned", [(0.012, True), (2.4, False)])
+def test_an_explicit_bf16_is_kept_and_warned_about_where_it_is_slower(speedup, caplog, measured, warned):
+    speedup.value = measured
+    caplog.set_level("WARNING", logger="prefixtune")
+    assert precision.resolve(True, "cpu") is True
+    assert ("83.3x slower than float32" in caplog.text and "--bf16 auto" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("measured, dtype", [(2.4, torch.bfloat16), (0.012, torch.float32)])
+def test_a_run_with_bf16_auto_trains_and_evaluates_in_what_the_machine_runs_fast(
+        tiny_dir, e2e_dir, tmp_path, monkeypatch, speedup, measured, dtype):
+    speedup.value = measured
+    spy = Spy(monkeypatch)
+    run = tmp_path / "run"
+    result = train(run_config(tiny_dir, e2e_dir, run, bf16="auto"))
+    assert {p.dtype for p in spy.bases[0].parameters() if not p.requires_grad} == {dtype}
+    assert all(p.dtype == torch.float32 for g in spy.optimizers[0].param_groups for p in g["params"])
+    assert result["bf16"] is (dtype == torch.bfloat16)
+    assert json.loads((run / "config.json").read_text())["bf16"] == "auto"  # the request; resuming re-resolves
+    _, _, model, _ = _load_run(run, "best")
+    assert {p.dtype for n, p in model.named_parameters() if not n.startswith("prefix.")} == {dtype}

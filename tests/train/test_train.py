@@ -436,7 +436,7 @@ def test_task_spec_from_columns():
     (dict(steps="10"), "steps must be an int, got '10'"),
     (dict(steps=True), "steps must be an int, got True"),
     (dict(lr="1e-3"), "lr must be a float or one of auto, got '1e-3' (a number in quotes, or YAML's 1e-3"),
-    (dict(bf16="no"), "bf16 must be true or false, got 'no'"),
+    (dict(bf16="no"), "bf16 must be true or false or one of auto, got 'no'"),
     (dict(stop="\n"), "stop must be a list of str"),
     (dict(patience=1.5), "patience must be an int or none, got 1.5"),
     (dict(adapter={"prefx_length": 3}), "adapter: method prefix has no option 'prefx_length' (did you mean "

@@ -78,9 +78,10 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
                            epilog="max_tokens defaults: 16 for /v1/completions (OpenAI's legacy default); "
                                   "for /v1/chat/completions the --max-tokens limit (until EOS or the limit).")
     serve.add_argument("--model", default="smollm2-135m", help="bundled name, local path or hub id")
-    serve.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+    serve.add_argument("--dtype", choices=["float32", "bfloat16", "auto"], default="float32",
                        help="the base model's weights and activations (bfloat16: half the memory, the hardware's "
-                            "bf16 matmuls; adapters are cast where they join attention, softmax stays fp32)")
+                            "bf16 matmuls; adapters are cast where they join attention, softmax stays fp32; auto: "
+                            "bfloat16 only where a bf16 matmul measures faster than float32 here)")
     serve.add_argument("--served-model-name", default=None, metavar="NAME",
                        help="the base model's id in the API (default: the last component of --model's path, "
                             "or the bundled name / hub id)")

@@ -91,7 +91,8 @@ def _unwrap(tp: Any) -> Any:
 def _flag_type(opt: Option) -> tuple[Any, dict[str, Any]]:
     """The field type HfArgumentParser gets for ``opt`` (and extra ``add_argument`` keywords):
     tuples become lists (``nargs="+"``), lists of choices lists of text with those choices, and
-    ``int | None`` (``float``, ``str``) a converter that also takes ``none``."""
+    ``int | None`` (``float``, ``str``) a converter that also takes ``none``; a union with ``bool``
+    (``bool | Literal["auto"]``) is also a flag alone, which means true."""
     tp = _unwrap(opt.type)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (list, tuple):
@@ -101,7 +102,8 @@ def _flag_type(opt: Option) -> tuple[Any, dict[str, Any]]:
     if tp in (int, float, str) and tp is not opt.type:
         return _or_none(tp), {}
     if len(_members(opt.type)) > 1:  # e.g. float | Literal["auto"]: --lr 1e-3 or --lr auto
-        return _union_of(opt), {}
+        alone = {"nargs": "?", "const": True} if bool in _members(opt.type) else {}  # --bf16 = --bf16 true
+        return _union_of(opt), alone
     return tp, {}
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.train.config import task_spec
+from prefixtune.train.precision import stores_bf16
 from prefixtune.train.rundir import read_metrics
 from prefixtune.compare.bootstrap import BootstrapError, paired_interval, read_records
 from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
@@ -41,6 +42,8 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
     return {"name": spec.name, "group": spec.group, "part": spec.part, "method": spec.method, "labels": spec.labels,
             "split": split,
             "lr": result.get("lr", spec.config.lr), "lr_auto": spec.config.lr == "auto", "adapter": spec.config.adapter,
+            "precision": _precision(spec.config.method, result.get("bf16", spec.config.bf16)),
+            "bf16_auto": spec.config.bf16 == "auto",
             "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
             "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
             "tokens_per_s": (result.get("train_tokens") or 0) / seconds if seconds == seconds and seconds else None,
@@ -54,6 +57,21 @@ def _rates(rs: list[dict[str, Any]]) -> str:
     rates = "/".join(f"{lr:g}" if isinstance(lr, (int, float)) else str(lr) for lr in sorted(
         {r["lr"] for r in rs}, key=lambda lr: (not isinstance(lr, (int, float)), lr if isinstance(lr, (int, float)) else 0)))
     return rates + (" (auto)" if any(r.get("lr_auto") for r in rs) else "")
+
+
+def _precision(method: str, bf16: bool | str) -> str:
+    """What a run computed in: ``fp32``, ``bf16`` (a bf16 base) or ``bf16 autocast`` (full
+    fine-tuning's fp32 weights); ``?`` for a run whose result predates recording ``bf16: auto``'s choice."""
+    if bf16 == "auto":
+        return "?"
+    if not bf16:
+        return "fp32"
+    return "bf16" if stores_bf16(method, bf16) else "bf16 autocast"
+
+
+def _precisions(rs: list[dict[str, Any]]) -> str:
+    """A method's precisions over its runs, marked ``(auto)`` where ``bf16: auto`` chose them on the machine."""
+    return "/".join(sorted({r["precision"] for r in rs})) + (" (auto)" if any(r["bf16_auto"] for r in rs) else "")
 
 
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -147,9 +165,9 @@ def _methods_section(name: str, methods: list[dict[str, Any]], extra: list[str],
                      image_prefix: str) -> tuple[list[str], dict[str, Any]]:
     """The methods table (mean ± sd over seeds per method) and its two plots: ``(lines, summary by method)``."""
     extra = [k for k in extra if any(k in r["scores"] for r in methods)]  # columns this table has
-    L = [f"| method | lr | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
+    L = [f"| method | lr | precision | {metric} | " + " | ".join(extra) + " | trainable params | % of base | stored params "
          "| train time (s) | peak memory (MiB) | tokens/s | seeds |",
-         "|---|---:" + "|---:" * (len(extra) + 8) + "|"]
+         "|---|---:|---|" + "---:|" * (len(extra) + 8)]
     by_method = _group(methods, lambda r: r["method"])
     summary = {}
     for method, rs in by_method.items():
@@ -160,7 +178,7 @@ def _methods_section(name: str, methods: list[dict[str, Any]], extra: list[str],
         mem = _mean_sd([r["peak_memory_mib"] for r in rs])[0]
         tps = _mean_sd([r["tokens_per_s"] for r in rs])[0]
         summary[method] = {"mean": m, "sd": sd, "n": len(rs), "trainable": p["trainable"], "stored": p["stored"]}
-        L.append(f"| {method} | {_rates(rs)} | **{_fmt(m, sd, len(rs))}** | "
+        L.append(f"| {method} | {_rates(rs)} | {_precisions(rs)} | **{_fmt(m, sd, len(rs))}** | "
                  + " | ".join(_fmt(a, b, len(rs)) for a, b in ex)
                  + f" | {p['trainable']:,} | {100 * p['trainable'] / p['base']:.3f}% | {p['stored']:,} | {t:.0f} "
                  f"| {mem:.0f} | {tps:.0f} | {len(rs)} |")

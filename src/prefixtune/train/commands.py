@@ -65,7 +65,8 @@ def _load_run(run: Path, which: str) -> tuple[TrainConfig, TaskSpec, Any, Any]:
         raise ValueError(f"{run}: not a run directory (no config.json)")
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
     spec = run_spec(run, cfg)
-    base, tok = load_model(cfg.model, task=model_task(spec.kind), **precision.load_kwargs(cfg.method, cfg.bf16))
+    bf16 = precision.resolve(cfg.bf16, "cpu")  # eval runs where load_model puts the model: the CPU
+    base, tok = load_model(cfg.model, task=model_task(spec.kind), **precision.load_kwargs(cfg.method, bf16))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return cfg, spec, load_trained(cfg.method, base, run / which), tok

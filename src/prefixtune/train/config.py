@@ -70,9 +70,11 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     warmup_ratio: float = option(0.06, "share of the steps with linearly rising learning rate")
     max_grad_norm: float = option(1.0, "clip the gradient norm to this")
-    bf16: bool = option(False, "store the frozen base model in bf16 (half the memory, the hardware's bf16 matmuls); "
-                               "the adapter, its gradients and optimizer state stay fp32 (full fine-tuning: fp32 "
-                               "weights under bf16 autocast)")
+    bf16: bool | Literal["auto"] = option(False, "store the frozen base model in bf16 (half the memory, the "
+                                                 "hardware's bf16 matmuls); the adapter, its gradients and optimizer "
+                                                 "state stay fp32 (full fine-tuning: fp32 weights under bf16 "
+                                                 "autocast); auto: bf16 only where a bf16 matmul measures faster "
+                                                 "than fp32 (AVX-512 BF16/AMX CPUs, bf16 GPUs)")
     compile: bool = option(False, "torch.compile the training forward and backward (the first step compiles; "
                                   "falls back to eager with a warning where compiling fails)")
     gradient_checkpointing: bool = option(False, "recompute the layers in the backward pass (less memory)")

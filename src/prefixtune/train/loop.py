@@ -18,6 +18,7 @@ How the processes share the model (and why with FSDP all of them evaluate) is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -178,6 +179,9 @@ def setup(cfg: TrainConfig, resume: bool = True) -> Run:
         raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {acc.num_processes} processes")
     spec = task_spec(cfg)
     prepare_directory(cfg, acc, resume)
+    # bf16 auto becomes true or false here (rank 0 measures, all take its choice); config.json keeps "auto"
+    cfg = dataclasses.replace(cfg, bf16=from_main(precision.resolve(cfg.bf16, acc.device) if acc.is_main_process
+                                                  else None, acc))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     methods.method_config(cfg.method, cfg.adapter, spec.kind)  # bad options fail before the model loads
@@ -413,6 +417,7 @@ def finish(run: Run, step: int, progress: dict[str, Any]) -> dict[str, Any]:
         count = run.model.count_parameters()
         result = {"scores": scores, "best": progress["best"], "best_step": progress["best_step"],
                   "train_seconds": progress.get("train_seconds", 0.0), "train_tokens": progress.get("train_tokens", 0),
+                  "bf16": run.cfg.bf16,
                   "peak_memory_mib": run.peak_mib(progress), "steps_done": step, "lr": run.lr,
                   "scored_on_training_data": serves_every_split(run.cfg.data),
                   "parameters": vars(count) | {"trainable_percent": count.trainable_percent}}

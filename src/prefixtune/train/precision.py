@@ -11,21 +11,50 @@ logits (:mod:`prefixtune.evaluation.loss`).
 Full fine-tuning trains the base model's own weights, and bf16 weights would round most AdamW
 updates away; there the weights stay float32 and the forward runs under bf16 autocast instead
 (mixed precision with float32 master weights).
+
+Whether bf16 pays depends on the machine (:mod:`prefixtune.runtime.hardware`): ``bf16: auto``
+(:func:`resolve`) takes bf16 only where its matmuls measure faster; an explicit ``bf16: true`` on
+hardware where they are slower is kept, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+import logging
+from typing import Any, ContextManager, Literal
 
 import torch
 from torch import nn
 
+from prefixtune.runtime import hardware
 from prefixtune.train.methods import train_method
+
+log = logging.getLogger(__name__)
+
+
+def resolve(bf16: bool | Literal["auto"], device: torch.device | str) -> bool:
+    """Whether a run with ``bf16`` (true, false or ``"auto"``) on ``device`` computes in bf16.
+
+    ``"auto"``: bf16 where its matmuls measure faster (:func:`~prefixtune.runtime.hardware.bf16_is_faster`).
+    ``True`` is kept, with a warning where bf16 measures slower than float32."""
+    if not bf16:
+        return False
+    device_type = torch.device(device).type
+    speedup = hardware.bf16_speedup(device_type)
+    if bf16 == "auto":
+        chosen = hardware.bf16_is_faster(device_type)
+        log.info(f"bf16 auto: {'bf16' if chosen else 'float32'} (a bf16 matmul runs at {speedup:.2g}x float32's "
+                 f"speed on this {device_type})")
+        return chosen
+    if speedup < 1.0:
+        log.warning(f"--bf16: a bf16 matmul runs {1 / speedup:.1f}x slower than float32 on this {device_type} (no "
+                    "bf16 units; on a CPU: no AVX-512 BF16 or AMX), so this run will be slow; --bf16 auto uses "
+                    "bf16 only where it is faster")
+    return True
 
 
 def stores_bf16(method: str, bf16: bool) -> bool:
-    """Whether the base model of a run of ``method`` is stored in bfloat16."""
+    """Whether the base model of a run of ``method`` is stored in bfloat16 (``bf16`` resolved)."""
     return bf16 and method != "full"
 
 
