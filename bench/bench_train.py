@@ -17,17 +17,24 @@ Variants, each in a fresh subprocess, interleaved A, B, C, A, B, C:
   ``transformers.Trainer`` with ``train_sampling_strategy="group_by_length"``, fp32.
 - ``peft-trainer-grouped-bf16``: the same with ``bf16=True`` (autocast), the Trainer at its best.
 - ``peft-trainer`` (only with ``--variants``): the Trainer's default random sampler.
+- ``prefixtune-compile`` (only with ``--variants``): fp32 and ``compile=True``, for machines whose
+  CPU has no bf16 units (AVX2 only), where every bf16 variant is emulated and some 80x slower.
 
 Reported per variant: real (non-padding) tokens per second over the training steps (wall clock:
 data, forward, backward, update), for prefixtune also without the first step (steady state), the
-model FLOPs utilisation against the bf16 matmul peak that ``bench/matmul_peak.py`` measured, the
+model FLOPs utilisation against the machine's matmul peak that ``bench/matmul_peak.py`` measured
+(the faster dtype's: bf16 on a CPU with bf16 units, fp32 on one without), the
 share of padding in the batches, and the peak resident memory above the memory at the start of
 training (peak RSS counter reset there). Results: the ``bench_train`` section of
-``docs/results.md`` and ``docs/bench_train.json``.
+``docs/results.md`` and ``docs/bench_train.json`` (``--section NAME``: section ``NAME`` and
+``docs/NAME.json``, e.g. for another kind of machine, next to the default one; the matmul peak is
+then read from ``docs/bench_matmul-<what follows bench_train>.json``).
 
 Usage::
 
     python bench/matmul_peak.py && python bench/bench_train.py     # ~15 min on 2 idle cores
+    python bench/matmul_peak.py --section matmul_peak-avx2 && python bench/bench_train.py \
+        --section bench_train-avx2 --variants prefixtune prefixtune-compile peft-trainer-grouped   # no bf16 units
     python bench/bench_train.py --steps 3 --reps 1 --examples 200   # smoke run
 """
 
@@ -49,7 +56,7 @@ from common import ROOT, env_line, environment, log, maxrss_kib, median, replace
 RESULT_TAG = "BENCH_TRAIN_RESULT "
 VARIANTS = ("prefixtune", "prefixtune-bf16", "prefixtune-bf16-compile", "peft-trainer-grouped",
             "peft-trainer-grouped-bf16")
-ALL_VARIANTS = VARIANTS + ("peft-trainer",)
+ALL_VARIANTS = VARIANTS + ("prefixtune-compile", "peft-trainer")
 PREFIX = dict(prefix_length=10, reparameterization="mlp", hidden_size=512)
 LR, WARMUP, MAX_LENGTH = 5e-4, 0.06, 96
 
@@ -224,8 +231,9 @@ def render(r: dict[str, Any]) -> str:
     s, variants = r["summary"], r["variants"]
     best_peft = max((v for v in variants if v.startswith("peft")), key=lambda v: s[v]["tokens_per_s"])
     ref = s[best_peft]["tokens_per_s"]
-    peak, fpt = r.get("peak_gflops"), r["flops_per_token"]
-    L = ["## Training throughput: prefixtune (fp32, bf16, bf16 + compiled) vs PEFT prefix tuning under the HF Trainer",
+    fpt = r["flops_per_token"]
+    peak = max(r["peak_gflops"].items(), key=lambda kv: kv[1]) if r.get("peak_gflops") else None  # (dtype, GFLOP/s)
+    L = [f"## Training throughput: {', '.join(variants)}",
          "", f"Command: `{r['command']}` · {env_line(r['env'])} · wall time {r['wall_min']:.1f} min.", "",
          f"SmolLM2-135M (bundled), E2E train (first {r['args']['examples']:,} records, max length {MAX_LENGTH}), "
          f"batch {r['args']['batch']}, {r['args']['steps']} optimizer steps per run, prefix length 10 with an MLP of "
@@ -236,16 +244,16 @@ def render(r: dict[str, Any]) -> str:
          "`train_sampling_strategy=\"group_by_length\"`.", "",
          f"MFU: model FLOPs ({fpt['total'] / 1e6:.0f} MFLOP per real token: 4 per weight of the 30 layers' matmuls, "
          f"the LM head's 4 per weight on the {100 * fpt['target_share']:.0f}% of tokens that are targets) x tokens/s "
-         "over the machine's measured bf16 matmul peak "
-         + (f"({peak['bf16']:.0f} GFLOP/s, `python bench/matmul_peak.py`)." if peak else "(not measured: run "
-            "`python bench/matmul_peak.py` first)."), "",
+         "over the machine's measured matmul peak, the faster dtype's "
+         + (f"({peak[0]} {peak[1]:.0f} GFLOP/s, `{r.get('peak_command', 'python bench/matmul_peak.py')}`)." if peak
+            else "(not measured: run `python bench/matmul_peak.py` first)."), "",
          f"| variant | real tokens/s | vs {best_peft} | steady tokens/s | first step (s) | MFU | padding | "
          "peak RSS above start (MiB) | peak RSS (MiB) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v in variants:
         x = s[v]
         steady = f"{x['steady_tokens_per_s']:.0f}" if x.get("steady_tokens_per_s") else ""
         first = f"{x['first_step_s']:.1f}" if x.get("first_step_s") else ""
-        mfu = f"{100 * x['tokens_per_s'] * fpt['total'] / (peak['bf16'] * 1e9):.1f}%" if peak else ""
+        mfu = f"{100 * x['tokens_per_s'] * fpt['total'] / (peak[1] * 1e9):.1f}%" if peak else ""
         L.append(f"| {v} | {x['tokens_per_s']:.0f} | {x['tokens_per_s'] / ref:.2f}x | {steady} | {first} | {mfu} "
                  f"| {100 * x['padding_share']:.1f}% | {x['peak_above_start_mib']:.0f} | {x['peak_rss_mib']:.0f} |")
     ours = max((v for v in variants if v.startswith("prefixtune")), key=lambda v: s[v]["tokens_per_s"])
@@ -271,6 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(VARIANTS))
     p.add_argument("--out", default=str(ROOT / "docs"), help="where results.md and bench_train.json go")
+    p.add_argument("--section", default="bench_train",
+                   help="the results.md section and JSON file name (bench_train-avx2: a machine without bf16 units)")
     args = p.parse_args(argv)
     if args.worker:
         print(RESULT_TAG + json.dumps(worker(json.loads(args.worker))), flush=True)
@@ -295,14 +305,15 @@ def main(argv: list[str] | None = None) -> None:
                    "peak_rss_mib": median([x["peak_rss_kib"] / 1024 for x in rs])} for v, rs in runs.items()}
     command = "python bench/bench_train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     out = Path(args.out)
-    matmul = out / "bench_matmul.json"
+    matmul = out / f"bench_matmul{args.section.removeprefix('bench_train')}.json"
     result = {"command": command.strip(), "env": environment(args.threads), "args": vars(args), "runs": runs,
               "summary": summary, "wall_min": (time.perf_counter() - t0) / 60, "variants": list(args.variants),
               "flops_per_token": flops_per_token(args.model, args.examples),
-              "peak_gflops": json.loads(matmul.read_text())["peak_gflops"] if matmul.is_file() else None}
+              "peak_gflops": json.loads(matmul.read_text())["peak_gflops"] if matmul.is_file() else None,
+              "peak_command": json.loads(matmul.read_text())["command"] if matmul.is_file() else None}
     out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_train.json").write_text(json.dumps(result, indent=2) + "\n")
-    replace_section(out / "results.md", "bench_train", render(result), "# Results")
+    (out / f"{args.section}.json").write_text(json.dumps(result, indent=2) + "\n")
+    replace_section(out / "results.md", args.section, render(result), "# Results")
     print(render(result))
 
 
