@@ -233,7 +233,9 @@ def render(r: dict[str, Any]) -> str:
     ref = s[best_peft]["tokens_per_s"]
     fpt = r["flops_per_token"]
     peak = max(r["peak_gflops"].items(), key=lambda kv: kv[1]) if r.get("peak_gflops") else None  # (dtype, GFLOP/s)
-    L = [f"## Training throughput: {', '.join(variants)}",
+    title = ("prefixtune (fp32, bf16, bf16 + compiled) vs PEFT prefix tuning under the HF Trainer"
+             if r.get("section", "bench_train") == "bench_train" else f"{', '.join(variants)} ({r['section']})")
+    L = [f"## Training throughput: {title}",
          "", f"Command: `{r['command']}` · {env_line(r['env'])} · wall time {r['wall_min']:.1f} min.", "",
          f"SmolLM2-135M (bundled), E2E train (first {r['args']['examples']:,} records, max length {MAX_LENGTH}), "
          f"batch {r['args']['batch']}, {r['args']['steps']} optimizer steps per run, prefix length 10 with an MLP of "
@@ -307,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     matmul = out / f"bench_matmul{args.section.removeprefix('bench_train')}.json"
     result = {"command": command.strip(), "env": environment(args.threads), "args": vars(args), "runs": runs,
+              "section": args.section,
               "summary": summary, "wall_min": (time.perf_counter() - t0) / 60, "variants": list(args.variants),
               "flops_per_token": flops_per_token(args.model, args.examples),
               "peak_gflops": json.loads(matmul.read_text())["peak_gflops"] if matmul.is_file() else None,
