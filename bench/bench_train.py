@@ -18,7 +18,7 @@ Variants, each in a fresh subprocess, interleaved A, B, C, A, B, C:
 - ``peft-trainer-grouped-bf16``: the same with ``bf16=True`` (autocast), the Trainer at its best.
 - ``peft-trainer`` (only with ``--variants``): the Trainer's default random sampler.
 - ``prefixtune-compile`` (only with ``--variants``): fp32 and ``compile=True``, for machines whose
-  CPU has no bf16 units (AVX2 only), where every bf16 variant is emulated and some 80x slower.
+  CPU has no bf16 units (AVX2 only), where every bf16 variant is emulated and 70-420x slower.
 
 Reported per variant: real (non-padding) tokens per second over the training steps (wall clock:
 data, forward, backward, update), for prefixtune also without the first step (steady state), the
@@ -241,9 +241,10 @@ def render(r: dict[str, Any]) -> str:
          f"batch {r['args']['batch']}, {r['args']['steps']} optimizer steps per run, prefix length 10 with an MLP of "
          f"width 512, AdamW lr 5e-4, {r['args']['reps']} fresh process(es) per variant, interleaved; medians "
          "over runs. Tokens are real (non-padding) tokens; time is the wall clock of the training steps, the "
-         "first (compiling) step included; *steady* leaves the first step out. prefixtune bf16: the base stored in "
-         "bf16, the prefix fp32; the Trainer's bf16: `bf16=True` (autocast over fp32 weights). grouped: "
-         "`train_sampling_strategy=\"group_by_length\"`.", "",
+         "first (compiling) step included; *steady* leaves the first step out. "
+         + ("prefixtune bf16: the base stored in bf16, the prefix fp32; the Trainer's bf16: `bf16=True` (autocast "
+            "over fp32 weights). " if any("bf16" in v for v in variants) else "Every variant in fp32. ")
+         + "grouped: `train_sampling_strategy=\"group_by_length\"`.", "",
          f"MFU: model FLOPs ({fpt['total'] / 1e6:.0f} MFLOP per real token: 4 per weight of the 30 layers' matmuls, "
          f"the LM head's 4 per weight on the {100 * fpt['target_share']:.0f}% of tokens that are targets) x tokens/s "
          "over the machine's measured matmul peak, the faster dtype's "
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--section", default="bench_train",
                    help="the results.md section and JSON file name (bench_train-avx2: a machine without bf16 units)")
     args = p.parse_args(argv)
+    if not args.section.startswith("bench_train"):
+        p.error(f"--section {args.section}: must start with bench_train (e.g. bench_train-avx2)")
     if args.worker:
         print(RESULT_TAG + json.dumps(worker(json.loads(args.worker))), flush=True)
         return

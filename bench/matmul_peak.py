@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="the benchmarks.md section; its JSON is bench_matmul<what follows matmul_peak>.json "
                         "(matmul_peak-avx2: bench_matmul-avx2.json, for bench_train.py --section bench_train-avx2)")
     args = p.parse_args(argv)
+    if not args.section.startswith("matmul_peak"):
+        p.error(f"--section {args.section}: must start with matmul_peak (e.g. matmul_peak-avx2)")
     result = measure(args.threads, args.repeats)
     import torch
 

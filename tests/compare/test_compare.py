@@ -183,10 +183,17 @@ def test_the_rate_column_shows_what_lr_auto_chose():
         == "0.000949/0.003 (auto)"
 
 
-@pytest.mark.parametrize("method, bf16, word", [("prefix", True, "bf16"), ("lora", True, "bf16"),
-                                                ("full", True, "bf16 autocast"), ("prompt", False, "fp32"),
-                                                ("prefix", "auto", "?")])
-def test_the_precision_column_says_what_a_run_computed_in(method, bf16, word):
-    from prefixtune.compare.report import _precision
+@pytest.mark.parametrize("files, bf16", [
+    ({"result.json": {"bf16": True}, "config.json": {"bf16": "auto"}}, True),   # what auto became
+    ({"result.json": {}, "precision.json": {"bf16": False}, "config.json": {"bf16": "auto"}}, False),
+    ({"result.json": {}, "config.json": {"bf16": True}}, True),     # a run from before either record
+    ({"result.json": {}, "config.json": {}}, False),                # ... and before the option
+    ({"result.json": {}, "config.json": {"bf16": "auto"}}, None),   # unknown
+])
+def test_the_precision_column_reads_what_the_run_itself_recorded(tmp_path, files, bf16):
+    from prefixtune.compare.report import _bf16_of, _precision
 
-    assert _precision(method, bf16) == word
+    for name, content in files.items():
+        (tmp_path / name).write_text(json.dumps(content))
+    assert _bf16_of(tmp_path, files["result.json"]) is bf16
+    assert _precision("full", bf16) == {True: "bf16 autocast", False: "fp32", None: "?"}[bf16]

@@ -64,6 +64,6 @@ def test_dtype_auto_serves_in_bf16_only_where_it_measures_faster(monkeypatch, ch
     from prefixtune.runtime import hardware
     from prefixtune.serve.main import base_dtype
 
-    monkeypatch.setattr(hardware, "bf16_speedup", lambda device_type: speedup)
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda: speedup)
     assert parse_args(["serve", "--dtype", choice]).dtype == choice
     assert base_dtype(choice) is getattr(torch, dtype)

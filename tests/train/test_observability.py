@@ -45,7 +45,7 @@ def test_startup_line_names_world_size_devices_dtype_and_batch(tiny_dir, e2e_dir
                                                                monkeypatch):
     from prefixtune.runtime import hardware
 
-    monkeypatch.setattr(hardware, "bf16_speedup", lambda device_type: 2.0)  # no slow-bf16 warning on any machine
+    monkeypatch.setattr(hardware, "bf16_speedup", lambda: 2.0)  # no slow-bf16 warning on any machine
     caplog.set_level(logging.INFO, logger="prefixtune")
     result = train(config(tiny_dir, e2e_dir, tmp_path / "run", steps=1, grad_accum=2, bf16=True))
     lines = [r for r in caplog.records if r.getMessage().startswith("world size")]

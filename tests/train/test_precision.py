@@ -142,13 +142,13 @@ def test_training_hooks_the_lm_head(tiny_dir, e2e_dir, tmp_path, monkeypatch):
 
 @pytest.fixture
 def speedup(monkeypatch):
-    """Make bf16 matmuls measure ``speedup.value`` times float32's speed (None: fail if probed)."""
+    """Make bf16 matmuls on the CPU measure ``speedup.value`` times float32's speed (None: fail if probed)."""
     from prefixtune.runtime import hardware
 
     class Speedup:
         value: float | None = None
 
-        def __call__(self, device_type):
+        def __call__(self):
             assert self.value is not None, "probed although nothing asked for bf16"
             return self.value
 
@@ -162,7 +162,7 @@ def test_auto_takes_bf16_only_where_it_measures_faster(speedup, caplog, measured
     speedup.value = measured
     caplog.set_level("INFO", logger="prefixtune")
     assert precision.resolve("auto", "cpu") is chosen
-    assert f"bf16 auto: {'bf16' if chosen else 'float32'}" in caplog.text
+    assert f"bf16 auto: {'bf16' if chosen else 'float32'} (a bf16 matmul runs at {measured:.2g}x" in caplog.text
 
 
 def test_false_never_probes(speedup):
@@ -174,7 +174,11 @@ def test_an_explicit_bf16_is_kept_and_warned_about_where_it_is_slower(speedup, c
     speedup.value = measured
     caplog.set_level("WARNING", logger="prefixtune")
     assert precision.resolve(True, "cpu") is True
-    assert ("83.3x slower than float32" in caplog.text and "--bf16 auto" in caplog.text) is warned
+    assert ("0.012x float32's speed" in caplog.text and "emulated and slow" in caplog.text) is warned
+
+
+def frozen_dtypes(model):
+    return {p.dtype for n, p in model.named_parameters() if not n.startswith("prefix.")}
 
 
 @pytest.mark.parametrize("measured, dtype", [(2.4, torch.bfloat16), (0.012, torch.float32)])
@@ -187,6 +191,59 @@ def test_a_run_with_bf16_auto_trains_and_evaluates_in_what_the_machine_runs_fast
     assert {p.dtype for p in spy.bases[0].parameters() if not p.requires_grad} == {dtype}
     assert all(p.dtype == torch.float32 for g in spy.optimizers[0].param_groups for p in g["params"])
     assert result["bf16"] is (dtype == torch.bfloat16)
-    assert json.loads((run / "config.json").read_text())["bf16"] == "auto"  # the request; resuming re-resolves
+    assert json.loads((run / "config.json").read_text())["bf16"] == "auto"  # the request
+    assert precision.recorded(run) is (dtype == torch.bfloat16)  # and what it became, once for the run
     _, _, model, _ = _load_run(run, "best")
-    assert {p.dtype for n, p in model.named_parameters() if not n.startswith("prefix.")} == {dtype}
+    assert frozen_dtypes(model) == {dtype}
+
+
+def test_a_resumed_run_keeps_the_precision_its_start_chose(tiny_dir, e2e_dir, tmp_path, monkeypatch, speedup):
+    """Started where bf16 is fast, stopped, resumed (and scored) where bf16 is slow: bf16 throughout."""
+    run = tmp_path / "run"
+    speedup.value = 2.4
+    spy = Spy(monkeypatch)
+    assert train(run_config(tiny_dir, e2e_dir, run, bf16="auto", save_every=1), stop_after=1) == {"stopped_at": 1}
+    speedup.value = 0.012
+    result = train(run_config(tiny_dir, e2e_dir, run, bf16="auto", save_every=1))
+    assert [frozen_dtypes(b) for b in spy.bases] == [{torch.bfloat16}] * 2
+    assert result["bf16"] is True and result["steps_done"] == 2
+    _, _, model, _ = _load_run(run, "best")
+    assert frozen_dtypes(model) == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("measured, resumes", [(2.4, True), (0.012, False)])
+def test_a_run_saved_with_bf16_true_resumes_under_auto_where_auto_decides_bf16(
+        tiny_dir, e2e_dir, tmp_path, speedup, measured, resumes):
+    """A run from before precision.json (explicit bf16: true), rerun with bf16: auto: the same run
+    where auto decides bf16, else refused by name."""
+    from prefixtune.core.config import ConfigError
+
+    run = tmp_path / "run"
+    speedup.value = measured
+    train(run_config(tiny_dir, e2e_dir, run, bf16=True, steps=2, save_every=1), stop_after=1)
+    (run / precision.FILE).unlink()  # as a run written before the record existed
+    if resumes:
+        assert train(run_config(tiny_dir, e2e_dir, run, bf16="auto", steps=2, save_every=1))["steps_done"] == 2
+        assert precision.recorded(run) is True
+    else:
+        with pytest.raises(ConfigError, match="bf16: True -> 'auto'"):
+            train(run_config(tiny_dir, e2e_dir, run, bf16="auto", steps=2, save_every=1))
+
+
+@pytest.mark.parametrize("saved, wanted, record, measured, same", [
+    (True, True, None, None, True), (True, False, None, None, False),
+    ("auto", True, True, None, True), ("auto", False, True, None, False),   # auto: what the run recorded
+    (True, "auto", None, 2.4, True), (True, "auto", None, 0.012, False),    # no record: what auto decides here
+    ("auto", "auto", False, 2.4, True),
+])
+def test_same_choice_compares_what_the_settings_decide(tmp_path, speedup, saved, wanted, record, measured, same):
+    speedup.value = measured
+    if record is not None:
+        (tmp_path / precision.FILE).write_text(json.dumps({"bf16": record}))
+    assert precision.same_choice(tmp_path, saved, wanted, "cpu") is same
+
+
+@pytest.mark.parametrize("method, bf16, word", [("prefix", True, "bf16"), ("lora", True, "bf16"),
+                                                ("full", True, "bf16 autocast"), ("prompt", False, "fp32")])
+def test_labels(method, bf16, word):
+    assert precision.label(method, bf16) == word

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from prefixtune.train.config import task_spec
-from prefixtune.train.precision import stores_bf16
-from prefixtune.train.rundir import read_metrics
+from prefixtune.train import precision
+from prefixtune.train.rundir import read_metrics, saved_options
 from prefixtune.compare.bootstrap import BootstrapError, paired_interval, read_records
 from prefixtune.compare.config import CompareConfig, RunSpec, sweep_keys
 from prefixtune.compare.runner import is_finished, run_dir
@@ -42,8 +42,8 @@ def collect(spec: RunSpec) -> dict[str, Any] | None:
     return {"name": spec.name, "group": spec.group, "part": spec.part, "method": spec.method, "labels": spec.labels,
             "split": split,
             "lr": result.get("lr", spec.config.lr), "lr_auto": spec.config.lr == "auto", "adapter": spec.config.adapter,
-            "precision": _precision(spec.config.method, result.get("bf16", spec.config.bf16)),
-            "bf16_auto": spec.config.bf16 == "auto",
+            "precision": _precision(spec.config.method, _bf16_of(d, result)),
+            "bf16_auto": (saved_options(d) or {}).get("bf16") == "auto",
             "scores": {k: v for k, v in scores.items() if isinstance(v, (int, float))},
             "parameters": result["parameters"], "train_seconds": seconds, "steps": result.get("steps_done"),
             "tokens_per_s": (result.get("train_tokens") or 0) / seconds if seconds == seconds and seconds else None,
@@ -59,14 +59,21 @@ def _rates(rs: list[dict[str, Any]]) -> str:
     return rates + (" (auto)" if any(r.get("lr_auto") for r in rs) else "")
 
 
-def _precision(method: str, bf16: bool | str) -> str:
-    """What a run computed in: ``fp32``, ``bf16`` (a bf16 base) or ``bf16 autocast`` (full
-    fine-tuning's fp32 weights); ``?`` for a run whose result predates recording ``bf16: auto``'s choice."""
-    if bf16 == "auto":
-        return "?"
-    if not bf16:
-        return "fp32"
-    return "bf16" if stores_bf16(method, bf16) else "bf16 autocast"
+def _bf16_of(d: Path, result: dict[str, Any]) -> bool | None:
+    """Whether the run in ``d`` computed in bf16: its ``result.json``, ``precision.json`` or (a run
+    from before either recorded it) its own ``config.json``'s explicit setting; None if unknown."""
+    if "bf16" in result:
+        return bool(result["bf16"])
+    made = precision.recorded(d)
+    if made is not None:
+        return made
+    saved = (saved_options(d) or {}).get("bf16", False)
+    return None if saved == "auto" else bool(saved)
+
+
+def _precision(method: str, bf16: bool | None) -> str:
+    """:func:`prefixtune.train.precision.label`, or ``?`` where the run's precision is unknown."""
+    return "?" if bf16 is None else precision.label(method, bf16)
 
 
 def _precisions(rs: list[dict[str, Any]]) -> str:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from prefixtune.compare.config import CompareConfig, RunSpec
 from prefixtune.extras import require
+from prefixtune.train import precision
 from prefixtune.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,21 @@ def is_finished(spec: RunSpec) -> bool:
     return spec.config.test_split is None or (d / f"scores-{spec.config.test_split}.json").is_file()
 
 
+def _training_device() -> str:
+    """Where a run's training goes (``prefixtune.train.loop.setup``: CUDA where there is one)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _check_same_config(spec: RunSpec) -> None:
     saved = run_dir(spec) / "config.json"
     if saved.is_file():
         now = spec.config.to_dict()
         # an option the saved run predates ran at what is now its default
         before = {**TrainConfig().to_dict(), **json.loads(saved.read_text())}
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and not (
+            k == "bf16" and precision.same_choice(run_dir(spec), before.get(k), now.get(k), _training_device())))
         if changed:
             raise CompareError(f"{run_dir(spec)} holds a run with different options ({', '.join(changed)}); "
                                "use another 'out' directory or delete that run to redo it")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from prefixtune.extras import require
+
+log = logging.getLogger(__name__)
 
 
 def served_model_name(model: str) -> str:
@@ -20,16 +23,21 @@ def served_model_name(model: str) -> str:
 
 
 def base_dtype(choice: str) -> Any:
-    """The torch dtype of ``--dtype`` (``float32``, ``bfloat16``, or ``auto``: bfloat16 where a bf16
-    matmul measures faster than float32 on the CPU, where ``load_model`` puts the model)."""
+    """The torch dtype of ``--dtype``: ``float32``, ``bfloat16``, or ``auto``, bfloat16 where it is
+    faster than float32 on the CPU, where ``load_model`` puts the model
+    (:func:`~prefixtune.runtime.hardware.bf16_is_faster`). An explicit bfloat16 where bf16 is
+    emulated is kept, with a warning."""
     import torch
 
-    from prefixtune.runtime.hardware import bf16_is_faster
+    from prefixtune.runtime import hardware
 
     if choice == "auto":
-        choice = "bfloat16" if bf16_is_faster("cpu") else "float32"
-        print(f"--dtype auto: {choice}")
-    return getattr(torch, choice)
+        choice = "bfloat16" if hardware.bf16_is_faster("cpu") else "float32"
+        log.info(f"--dtype auto: {choice} ({hardware.bf16_words('cpu')})")
+    elif choice == "bfloat16" and hardware.bf16_is_slower("cpu"):
+        log.warning(f"--dtype bfloat16: {hardware.bf16_words('cpu')}, so bf16 is emulated and slow here; "
+                    "--dtype auto takes it only where it is faster")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[choice]
 
 
 def serve_from_args(args: Any) -> None:
@@ -56,7 +64,7 @@ def serve_from_args(args: Any) -> None:
     settings = ServerSettings(base_name=args.served_model_name or served_model_name(args.model),
                               api_key=args.api_key, admin_key=args.admin_key, max_prompt_tokens=args.max_prompt_tokens,
                               max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes)
-    model, tokenizer = load_model(args.model, dtype=base_dtype(getattr(args, "dtype", "float32")))
+    model, tokenizer = load_model(args.model, dtype=base_dtype(args.dtype))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     bank = AdapterBank(model)

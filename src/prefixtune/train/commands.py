@@ -65,7 +65,9 @@ def _load_run(run: Path, which: str) -> tuple[TrainConfig, TaskSpec, Any, Any]:
         raise ValueError(f"{run}: not a run directory (no config.json)")
     cfg = TrainConfig.from_dict(json.loads(cfg_file.read_text()))
     spec = run_spec(run, cfg)
-    bf16 = precision.resolve(cfg.bf16, "cpu")  # eval runs where load_model puts the model: the CPU
+    bf16 = precision.recorded(run)  # the precision the run trained in
+    if bf16 is None:  # a run from before precision.json: its explicit setting
+        bf16 = precision.resolve(cfg.bf16, "cpu")
     base, tok = load_model(cfg.model, task=model_task(spec.kind), **precision.load_kwargs(cfg.method, bf16))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

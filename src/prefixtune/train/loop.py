@@ -142,8 +142,9 @@ def prepare_directory(cfg: TrainConfig, acc: Any, resume: bool) -> None:
         raise ConfigError(f"--out {out}: a file, not a directory; the run directory must be a new or existing "
                           "directory")
     wanted = cfg.to_dict()
-    if resume:
-        rundir.check_same_options(out, wanted, TrainConfig().to_dict())  # every process reads; none has written yet
+    if resume:  # every process reads; none has written yet
+        rundir.check_same_options(out, wanted, TrainConfig().to_dict(), equal={
+            "bf16": lambda saved, asked: precision.same_choice(out, saved, asked, acc.device)})
     if acc.is_main_process:
         if not resume:
             rundir.set_aside(out)
@@ -179,9 +180,10 @@ def setup(cfg: TrainConfig, resume: bool = True) -> Run:
         raise ValueError(f"batch_size/grad_accum = {micro} is not divisible by {acc.num_processes} processes")
     spec = task_spec(cfg)
     prepare_directory(cfg, acc, resume)
-    # bf16 auto becomes true or false here (rank 0 measures, all take its choice); config.json keeps "auto"
-    cfg = dataclasses.replace(cfg, bf16=from_main(precision.resolve(cfg.bf16, acc.device) if acc.is_main_process
-                                                  else None, acc))
+    # bf16 auto becomes true or false here, once per run (rank 0 decides and records it in precision.json,
+    # all take its choice); config.json keeps "auto"
+    cfg = dataclasses.replace(cfg, bf16=from_main(precision.run_choice(Path(cfg.out), cfg.bf16, acc.device)
+                                                  if acc.is_main_process else None, acc))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     methods.method_config(cfg.method, cfg.adapter, spec.kind)  # bad options fail before the model loads
@@ -506,7 +508,7 @@ def train(cfg: TrainConfig, resume: bool = True, stop_after: int | None = None) 
     announce(run)
     run.memory = PeakMemory(run.acc.device)
     run.memory.start()
-    trackers.start(run.acc, cfg)
+    trackers.start(run.acc, run.cfg)  # with bf16 decided
     try:
         # log lines above the progress bar, not through it
         with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):

@@ -22,7 +22,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefixtune.core.config import ConfigError
 from prefixtune.io.files import CheckpointError
@@ -48,15 +48,21 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+Equal = dict[str, Callable[[Any, Any], bool]]
+
+
 def changed_options(saved: dict[str, Any], wanted: dict[str, Any],
-                    defaults: dict[str, Any] | None = None) -> list[str]:
+                    defaults: dict[str, Any] | None = None, equal: Equal | None = None) -> list[str]:
     """``"name: saved -> wanted"`` for each option (dotted inside ``adapter``) that differs and is
     not free to change. An option ``saved`` lacks (the run predates it) ran at its value in
-    ``defaults``, where given."""
+    ``defaults``, where given. ``equal`` maps an option to a test of two of its values that mean the
+    same (``bf16``: ``"auto"`` and what it decided)."""
     old, new = _flatten({**(defaults or {}), **saved}), _flatten(wanted)
     changes = []
     for name in sorted(set(old) | set(new)):
         if name.split(".")[0] in FREE_TO_CHANGE or old.get(name) == new.get(name):
+            continue
+        if equal and name in equal and equal[name](old.get(name), new.get(name)):
             continue
         changes.append(f"{name}: {old.get(name, '(unset)')!r} -> {new.get(name, '(unset)')!r}")
     return changes
@@ -83,16 +89,17 @@ def saved_options(out: Path) -> dict[str, Any] | None:
     return saved
 
 
-def check_same_options(out: Path, wanted: dict[str, Any], defaults: dict[str, Any] | None = None) -> None:
+def check_same_options(out: Path, wanted: dict[str, Any], defaults: dict[str, Any] | None = None,
+                       equal: Equal | None = None) -> None:
     """Refuse (ConfigError) to resume the run in ``out`` with options that change its result
-    (``defaults``: what an option the run predates ran at).
+    (``defaults``: what an option the run predates ran at; ``equal``: see :func:`changed_options`).
 
     Nothing is written, so a refused rerun leaves the run as it was.
     """
     saved = saved_options(out)
     if saved is None:
         return
-    changes = changed_options(saved, wanted, defaults)
+    changes = changed_options(saved, wanted, defaults, equal)
     if changes:
         raise ConfigError(f"{out} holds a run with other options ({'; '.join(changes)}): resuming it would mix "
                           "two runs. Rerun with the same options to resume it, --no-resume to start over (the "
