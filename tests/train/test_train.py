@@ -327,6 +327,24 @@ def test_two_processes_stop_early_together_and_a_rerun_trains_no_more(tiny_dir, 
     assert again[0]["result"]["steps_done"] == 2 and again[0]["result"]["best"] == 50.0
 
 
+def test_two_processes_take_rank_0s_bf16_auto_choice(tiny_dir, e2e_dir, tmp_path, monkeypatch):
+    """``bf16: auto`` where the two processes' probes disagree (rank 0: bf16 fast, rank 1: slow):
+    both train on a bf16 base, rank 0's choice, and the run records it."""
+    cfg = config(tiny_dir, e2e_dir, tmp_path / "run", steps=2, eval_every=0, save_every=100, bf16="auto")
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    (tmp_path / "scores.json").write_text(json.dumps([50.0]))
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    monkeypatch.setenv("PREFIXTUNE_TEST_BF16_SPEEDUPS", "[2.4, 0.012]")
+    launch_two_processes([str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path / "cfg.json"),
+                          str(tmp_path / "scores.json"), str(seen), "60"], tmp_path / "log", timeout=120)
+    ranks = [json.loads((seen / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["dtypes"] for r in ranks] == [["torch.bfloat16"], ["torch.bfloat16"]]
+    assert [r["optimizer_steps"] for r in ranks] == [2, 2]
+    assert ranks[0]["result"]["bf16"] is True
+    assert json.loads((tmp_path / "run" / "precision.json").read_text())["bf16"] is True
+
+
 def baseline_state(run: Path, tiny_dir) -> dict:
     from prefixtune.train.baselines import load_baseline
 
