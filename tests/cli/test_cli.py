@@ -174,3 +174,7 @@ def test_bundled_minilm_ptuning_v2_on_sst2(tmp_path):
     assert "sst2 dev:" in r.stdout and "accuracy" in r.stdout
     r = cli("eval", "--run", run, "--split", "dev", "--limit", 16)
     assert r.returncode == 0 and "sst2 dev (16 inputs" in r.stdout, r.stderr[-3000:]
+    predictions = [json.loads(line) for line in (run / "predictions-dev.jsonl").read_text().splitlines()]
+    r = cli("generate", "--run", run, *[a for p in predictions[:3] for a in ("--input", p["input"])])
+    assert r.returncode == 0, r.stderr[-3000:]  # a classification run: each input's label
+    assert r.stdout.splitlines() == [f"{p['input']!r} -> {p['prediction']}" for p in predictions[:3]]

@@ -50,3 +50,37 @@ def test_a_vanishing_temperature_decodes_greedily(tiny_dir):
     greedy = ev.generate_texts(model, tok, prompts, max_new_tokens=6, stop=())
     for t in (1e-300, 0.0, ev.GREEDY_BELOW / 2):
         assert ev.generate_texts(model, tok, prompts, max_new_tokens=6, stop=(), do_sample=True, temperature=t) == greedy
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_classify_texts_predicts_what_evaluate_scores(tiny_bert_dir, tmp_path, pairs):
+    """``prefixtune generate`` on a classification run: each text's (or pair's) label, batched and
+    padded, equals the prediction ``evaluate`` records for it (encoded as training encodes it). The
+    adapter is trained on a task whose label a word gives away (in a pair: in the second text), so the
+    labels differ between inputs."""
+    from prefixtune.train.commands import _load_run
+    from prefixtune.train.config import TrainConfig
+    from prefixtune.train.loop import train
+
+    for split, n in (("train", 64), ("dev", 16)):
+        rows = ["sentence1\tsentence2\tlabel" if pairs else "sentence\tlabel"]
+        for i in range(n):
+            word = "wonderful" if i % 2 == 0 else "dreadful"
+            film = f"the film number {i} was" + " quite" * (i % 4)
+            label = ("entailment", "not_entailment")[i % 2] if pairs else i % 2  # rte's labels, sst2's
+            rows.append(f"{film}\tthe critic said {word}\t{label}" if pairs else f"{film} {word}\t{label}")
+        (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig(model=str(tiny_bert_dir), task="rte" if pairs else "sst2", data=str(tmp_path), steps=40,
+                      method="ptuning_v2", adapter={"prefix_length": 2, "pooling": "mean"}, batch_size=16,
+                      lr=3e-2, eval_every=0, eval_limit=None, out=str(tmp_path / "run"), max_length=24)
+    train(cfg)
+    _, spec, model, tok = _load_run(tmp_path / "run", "best")
+    from prefixtune.data.tasks import load_task
+
+    task = load_task(spec, "dev", data=str(tmp_path))
+    _, records = ev.evaluate(model, tok, task, max_length=24)
+    texts = [e.text for e in task.examples]
+    assert all(isinstance(t, tuple) for t in texts) is pairs
+    predicted = ev.classify_texts(model, tok, texts, spec.labels, max_length=24, batch_size=7)
+    assert predicted == [r["prediction"] for r in records]
+    assert len(set(predicted)) == 2  # the labels differ between inputs: the comparison means something

@@ -121,15 +121,19 @@ def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--no-repeat-ngram", type=bounded(int, 0, name="int"), default=None, metavar="N",
                     help="never generate an N-token n-gram twice in one output; 0: no guard (default: the run's)")
     ev.add_argument("--show", type=bounded(int, 0, name="int"), default=3, help="print this many predictions")
+    _add_device_option(ev)
     ev.add_argument("--no-loss", action="store_true",
                     help="generation tasks: skip the loss over every input-reference pair (faster)")
 
 
 def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
-    gen = sub.add_parser("generate", help="generate with a trained adapter",
+    gen = sub.add_parser("generate", help="generate with a trained adapter (a classification run: print each "
+                                          "input's predicted label)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     gen.add_argument("--run", required=True)
-    gen.add_argument("--input", action="append", required=True, help="input text (repeatable; \\n for newline)")
+    gen.add_argument("--input", action="append", required=True,
+                     help="input text (repeatable; \\n for newline; a sentence pair for a pair task: the two "
+                          "texts split by \\t)")
     gen.add_argument("--adapter", default="best", choices=("best", "adapter"))
     gen.add_argument("--max-new-tokens", type=COUNT, default=60)
     gen.add_argument("--num-beams", type=COUNT, default=1)
@@ -137,6 +141,12 @@ def _add_generate_parser(sub: argparse._SubParsersAction) -> None:
                      help="never generate an N-token n-gram twice in one output (0: no guard)")
     gen.add_argument("--temperature", type=bounded(float, 0, name="float"), default=0.0, help="0 (or below 1e-5) = greedy")
     gen.add_argument("--stop", action="append", default=None)
+    _add_device_option(gen)
+
+
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the model runs (auto: CUDA where there is a GPU, else the CPU)")
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction) -> None:

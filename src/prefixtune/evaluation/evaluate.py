@@ -64,6 +64,27 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
 
 
 @torch.no_grad()
+def classify_texts(model: Any, tokenizer: Any, texts: Sequence[str | tuple[str, str]], labels: Sequence[str],
+                   max_length: int, batch_size: int = 16) -> list[str]:
+    """The predicted label (one of ``labels``, in id order) of each text or ``(text, text)`` pair,
+    tokenized as training tokenizes them (truncated to ``max_length``; pairs as the tokenizer marks
+    them); batches are padded, and a padded row scores as it does alone."""
+    model.eval()
+    device = next(model.parameters()).device
+    predictions: list[str] = []
+    for start in range(0, len(texts), batch_size):
+        pairs = [t if isinstance(t, tuple) else (t,) for t in texts[start:start + batch_size]]
+        if len({len(p) for p in pairs}) > 1:
+            raise ValueError("give every input as one text or every input as a pair, not both in one call")
+        columns = list(zip(*pairs))  # (texts,) or (first texts, second texts)
+        enc = tokenizer(*[list(c) for c in columns], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt")
+        logits = model(**{k: v.to(device) for k, v in enc.items()}).logits  # (B, C)
+        predictions += [labels[i] for i in logits.argmax(-1).tolist()]
+    return predictions
+
+
+@torch.no_grad()
 def evaluate(model: Any, tokenizer: Any, task: Task, max_length: int, limit: int | None = None,
              batch_size: int = 16, max_new_tokens: int = 60, num_beams: int = 1,
              stop: Sequence[str] = ("\n",), with_loss: bool = True,

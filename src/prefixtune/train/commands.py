@@ -10,11 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from prefixtune.bundled.models import load_model
 from prefixtune.data.sources import serves_every_split
 from prefixtune.data.spec import TaskSpec
 from prefixtune.data.tasks import load_task
-from prefixtune.evaluation.evaluate import evaluate, generate_texts
+from prefixtune.evaluation.evaluate import classify_texts, evaluate, generate_texts
 from prefixtune.io.files import CheckpointError, atomic_write
 from prefixtune.train.config import TrainConfig, task_spec
 from prefixtune.train.loop import train
@@ -59,7 +61,18 @@ def run_spec(run: Path, cfg: TrainConfig) -> TaskSpec:
     return train_spec
 
 
-def _load_run(run: Path, which: str) -> tuple[TrainConfig, TaskSpec, Any, Any]:
+def device_of(choice: str) -> str:
+    """``--device``: ``cpu``, ``cuda`` (a ValueError where there is none), or ``auto`` (CUDA where
+    there is a GPU, as in training)."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto)")
+    return choice
+
+
+def _load_run(run: Path, which: str, device: str = "cpu") -> tuple[TrainConfig, TaskSpec, Any, Any]:
+    """A run's config, task, trained model (on ``device``, in the precision the run trained in) and tokenizer."""
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{run}: not a run directory (no config.json)")
@@ -67,11 +80,11 @@ def _load_run(run: Path, which: str) -> tuple[TrainConfig, TaskSpec, Any, Any]:
     spec = run_spec(run, cfg)
     bf16 = precision.recorded(run)  # the precision the run trained in
     if bf16 is None:  # a run from before precision.json: its explicit setting
-        bf16 = precision.resolve(cfg.bf16, "cpu")
+        bf16 = precision.resolve(cfg.bf16, device)
     base, tok = load_model(cfg.model, task=model_task(spec.kind), **precision.load_kwargs(cfg.method, bf16))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return cfg, spec, load_trained(cfg.method, base, run / which), tok
+    return cfg, spec, load_trained(cfg.method, base, run / which).to(device), tok
 
 
 def command_line_text(text: str) -> str:
@@ -81,10 +94,11 @@ def command_line_text(text: str) -> str:
 
 
 def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", num_beams: int | None = None,
-              show: int = 3, with_loss: bool = True, no_repeat_ngram: int | None = None) -> dict[str, float]:
+              show: int = 3, with_loss: bool = True, no_repeat_ngram: int | None = None,
+              device: str = "auto") -> dict[str, float]:
     """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``
-    (``num_beams``, ``no_repeat_ngram``: None for the run's own)."""
-    cfg, spec, model, tok = _load_run(run, adapter)
+    (``num_beams``, ``no_repeat_ngram``: None for the run's own; ``device``: see :func:`device_of`)."""
+    cfg, spec, model, tok = _load_run(run, adapter, device_of(device))
     task = load_task(spec, split, data=cfg.data)
     if serves_every_split(cfg.data) and split != "train":
         log.warning(f"{split} scores are on the training data: {cfg.data} is one file, which serves every split")
@@ -94,7 +108,8 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
                                num_beams=num_beams or cfg.num_beams, stop=cfg.stop, with_loss=with_loss,
                                no_repeat_ngram=repeats)
     meta = {"split": split, "inputs": len(records), "adapter": adapter, "num_beams": num_beams or cfg.num_beams,
-            "no_repeat_ngram": repeats, "seconds": round(time.perf_counter() - t0, 1)}
+            "no_repeat_ngram": repeats, "seconds": round(time.perf_counter() - t0, 1),
+            "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
     atomic_write(run / f"scores-{split}.json", json.dumps({**scores, **meta}, indent=2).encode())
     atomic_write(run / f"predictions-{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
     print(f"{cfg.task} {split} ({len(records)} inputs, {adapter} adapter): "
@@ -106,12 +121,17 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
 
 def run_eval(args: Any) -> None:
     score_run(Path(args.run), args.split, args.limit, args.adapter, args.num_beams, args.show, not args.no_loss,
-              args.no_repeat_ngram)
+              args.no_repeat_ngram, args.device)
 
 
 def run_generate(args: Any) -> None:
-    cfg, _, model, tok = _load_run(Path(args.run), args.adapter)
+    cfg, spec, model, tok = _load_run(Path(args.run), args.adapter, device_of(args.device))
     texts = [command_line_text(t) for t in args.input]
+    if spec.kind == "classification":  # the predicted label of each input (a pair: the two texts split at a tab)
+        pairs = [tuple(t.split("\t", 1)) if len(spec.text_columns) == 2 and "\t" in t else t for t in texts]
+        for t, label in zip(texts, classify_texts(model, tok, pairs, spec.labels, cfg.max_length)):
+            print(f"{t!r} -> {label}")
+        return
     outs = generate_texts(model, tok, texts, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                           stop=args.stop or cfg.stop, do_sample=args.temperature > 0,
                           temperature=args.temperature, no_repeat_ngram=args.no_repeat_ngram)
