@@ -74,7 +74,8 @@ def test_classify_texts_predicts_what_evaluate_scores(tiny_bert_dir, tmp_path, p
                       method="ptuning_v2", adapter={"prefix_length": 2, "pooling": "mean"}, batch_size=16,
                       lr=3e-2, eval_every=0, eval_limit=None, out=str(tmp_path / "run"), max_length=24)
     train(cfg)
-    _, spec, model, tok = _load_run(tmp_path / "run", "best")
+    loaded = _load_run(tmp_path / "run", "best")
+    spec, model, tok = loaded.spec, loaded.model, loaded.tok
     from prefixtune.data.tasks import load_task
 
     task = load_task(spec, "dev", data=str(tmp_path))

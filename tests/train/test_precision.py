@@ -97,7 +97,7 @@ def test_bf16_first_step_equals_fp32_to_bf16_precision(tiny_dir, e2e_dir, tmp_pa
 def test_a_bf16_run_is_evaluated_in_bf16(tiny_dir, e2e_dir, tmp_path):
     run = tmp_path / "run"
     train(run_config(tiny_dir, e2e_dir, run, bf16=True))
-    _, _, model, _ = _load_run(run, "best")
+    model = _load_run(run, "best").model
     assert {p.dtype for n, p in model.named_parameters() if not n.startswith("prefix.")} == {torch.bfloat16}
 
 
@@ -193,7 +193,7 @@ def test_a_run_with_bf16_auto_trains_and_evaluates_in_what_the_machine_runs_fast
     assert result["bf16"] is (dtype == torch.bfloat16)
     assert json.loads((run / "config.json").read_text())["bf16"] == "auto"  # the request
     assert precision.recorded(run) is (dtype == torch.bfloat16)  # and what it became, once for the run
-    _, _, model, _ = _load_run(run, "best")
+    model = _load_run(run, "best").model
     assert frozen_dtypes(model) == {dtype}
 
 
@@ -207,7 +207,7 @@ def test_a_resumed_run_keeps_the_precision_its_start_chose(tiny_dir, e2e_dir, tm
     result = train(run_config(tiny_dir, e2e_dir, run, bf16="auto", save_every=1))
     assert [frozen_dtypes(b) for b in spy.bases] == [{torch.bfloat16}] * 2
     assert result["bf16"] is True and result["steps_done"] == 2
-    _, _, model, _ = _load_run(run, "best")
+    model = _load_run(run, "best").model
     assert frozen_dtypes(model) == {torch.bfloat16}
 
 

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,11 +28,14 @@ log = logging.getLogger(__name__)
 
 
 def run_train(cfg: TrainConfig, resume: bool = True) -> None:
-    """Train (or resume) the run of ``cfg``, print its scores, and score its test split if it has one."""
+    """Train (or resume) the run of ``cfg``, print its scores, and score its test split if it has one
+    (a finished run whose test scores are missing, e.g. killed while scoring, is scored now)."""
     result = train(cfg, resume=resume)
     if result.get("already_complete"):
         print(f"{cfg.out}: already trained ({result['steps_done']} steps); best {result['best']:.4g} at step "
               f"{result['best_step']} (prefixtune eval --run {cfg.out} scores it again)")
+        if cfg.test_split and not (Path(cfg.out) / f"scores-{cfg.test_split}.json").is_file():
+            score_run(Path(cfg.out), cfg.test_split, cfg.test_limit, "best", show=5, with_loss=False)
     elif result:
         scores = ", ".join(f"{k} {v:.4g}" for k, v in result["scores"].items())
         print(f"{cfg.task} {cfg.eval_split}: {scores}; best {result['best']:.4g} at step {result['best_step']}")
@@ -71,8 +74,20 @@ def device_of(choice: str) -> str:
     return choice
 
 
-def _load_run(run: Path, which: str, device: str = "cpu") -> tuple[TrainConfig, TaskSpec, Any, Any]:
-    """A run's config, task, trained model (on ``device``, in the precision the run trained in) and tokenizer."""
+class LoadedRun(NamedTuple):
+    """A run's trained model, ready to score: its config and task, the model (on ``device``, in the
+    precision the run trained in: ``bf16``) and the tokenizer."""
+
+    cfg: TrainConfig
+    spec: TaskSpec
+    model: Any
+    tok: Any
+    bf16: bool
+    device: str
+
+
+def _load_run(run: Path, which: str, device: str = "cpu") -> LoadedRun:
+    """The run in ``run`` with its ``which`` adapter (``best`` or ``adapter``) on ``device``."""
     cfg_file = run / "config.json"
     if not cfg_file.is_file():
         raise ValueError(f"{run}: not a run directory (no config.json)")
@@ -84,7 +99,7 @@ def _load_run(run: Path, which: str, device: str = "cpu") -> tuple[TrainConfig, 
     base, tok = load_model(cfg.model, task=model_task(spec.kind), **precision.load_kwargs(cfg.method, bf16))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return cfg, spec, load_trained(cfg.method, base, run / which).to(device), tok
+    return LoadedRun(cfg, spec, load_trained(cfg.method, base, run / which).to(device), tok, bf16, device)
 
 
 def command_line_text(text: str) -> str:
@@ -98,7 +113,7 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
               device: str = "auto") -> dict[str, float]:
     """Score a run's adapter on ``split``; writes ``scores-<split>.json`` and ``predictions-<split>.jsonl``
     (``num_beams``, ``no_repeat_ngram``: None for the run's own; ``device``: see :func:`device_of`)."""
-    cfg, spec, model, tok = _load_run(run, adapter, device_of(device))
+    cfg, spec, model, tok, bf16, device = _load_run(run, adapter, device_of(device))
     task = load_task(spec, split, data=cfg.data)
     if serves_every_split(cfg.data) and split != "train":
         log.warning(f"{split} scores are on the training data: {cfg.data} is one file, which serves every split")
@@ -109,7 +124,7 @@ def score_run(run: Path, split: str, limit: int | None, adapter: str = "best", n
                                no_repeat_ngram=repeats)
     meta = {"split": split, "inputs": len(records), "adapter": adapter, "num_beams": num_beams or cfg.num_beams,
             "no_repeat_ngram": repeats, "seconds": round(time.perf_counter() - t0, 1),
-            "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
+            "device": device, "bf16": bf16}
     atomic_write(run / f"scores-{split}.json", json.dumps({**scores, **meta}, indent=2).encode())
     atomic_write(run / f"predictions-{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
     print(f"{cfg.task} {split} ({len(records)} inputs, {adapter} adapter): "
@@ -125,7 +140,7 @@ def run_eval(args: Any) -> None:
 
 
 def run_generate(args: Any) -> None:
-    cfg, spec, model, tok = _load_run(Path(args.run), args.adapter, device_of(args.device))
+    cfg, spec, model, tok, _, _ = _load_run(Path(args.run), args.adapter, device_of(args.device))
     texts = [command_line_text(t) for t in args.input]
     if spec.kind == "classification":  # the predicted label of each input (a pair: the two texts split at a tab)
         pairs = [tuple(t.split("\t", 1)) if len(spec.text_columns) == 2 and "\t" in t else t for t in texts]
