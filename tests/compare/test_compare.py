@@ -4,6 +4,7 @@ report and plots, skipping finished runs, redoing a lost one, refusing a changed
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import yaml
@@ -197,3 +198,23 @@ def test_the_precision_column_reads_what_the_run_itself_recorded(tmp_path, files
         (tmp_path / name).write_text(json.dumps(content))
     assert _bf16_of(tmp_path, files["result.json"]) is bf16
     assert _precision("full", bf16) == {True: "bf16 autocast", False: "fp32", None: "?"}[bf16]
+
+
+@pytest.mark.parametrize("level, bar_shown", [(logging.INFO, True), (logging.WARNING, False)])
+def test_quiet_hides_the_comparison_progress_bar(tmp_path, monkeypatch, capsys, level, bar_shown):
+    """``-q`` (log level warning) promises no progress bar; the comparison's own bar included."""
+    from prefixtune.compare import runner
+
+    c = comparison("m", "d", tmp_path)
+    c.pop("sweep"), c.pop("low_data")
+    def run_one(spec, on_progress):  # a run that fails at once, leaving its log
+        runner.run_dir(spec).mkdir(parents=True)
+        (runner.run_dir(spec) / "train.log").write_text("ValueError: stub\n")
+        on_progress("step 1/1")
+        return 1
+
+    monkeypatch.setattr(runner, "run_one", run_one)
+    monkeypatch.setattr(logging.getLogger("prefixtune"), "level", level)
+    statuses = runner.run_comparison(CompareConfig(**c), only="prefix-mlp")
+    assert [s["status"] for s in statuses] == ["failed"]
+    assert ("tiny: methods/prefix-mlp/seed0" in capsys.readouterr().err) is bar_shown

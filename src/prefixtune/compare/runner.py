@@ -114,7 +114,8 @@ def run_comparison(cfg: CompareConfig, only: str | None = None) -> list[dict[str
         log.info(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
     statuses = [{"name": s.name, "status": "finished"} for s in specs if is_finished(s)]
     with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):  # log lines above the bar
-        bar = tqdm(todo, desc=f"comparison {cfg.name}", unit="run")
+        quiet = logging.getLogger("prefixtune").level > logging.INFO  # -q: no bar either
+        bar = tqdm(todo, desc=f"comparison {cfg.name}", unit="run", disable=quiet)
         for spec in bar:
             bar.set_description(f"{cfg.name}: {spec.name}")
             t0 = time.perf_counter()
