@@ -218,3 +218,15 @@ def test_quiet_hides_the_comparison_progress_bar(tmp_path, monkeypatch, capsys, 
     statuses = runner.run_comparison(CompareConfig(**c), only="prefix-mlp")
     assert [s["status"] for s in statuses] == ["failed"]
     assert ("tiny: methods/prefix-mlp/seed0" in capsys.readouterr().err) is bar_shown
+
+
+@pytest.mark.parametrize("argv", [
+    ["compare", "--config", "c.yaml", "--report-only", "-q"],
+    ["-v", "compare", "--config", "c.yaml", "--report-only"],
+    ["compare", "--log-level", "debug", "--config", "c.yaml", "--report-only"],
+    ["compare", "--config", "c.yaml", "--log-level=error", "--report-only"],
+])
+def test_the_reports_command_leaves_out_the_logging_options(argv):
+    from prefixtune.compare.commands import _reproducing_command
+
+    assert _reproducing_command(argv) == "prefixtune compare --config c.yaml --report-only"

@@ -27,7 +27,7 @@ def run_compare(args: Any, argv: list[str] | None = None) -> int:
     if not args.report_only:
         statuses = run_comparison(cfg, only=args.only)
         failed = [s for s in statuses if s["status"] == "failed"]
-    command = "prefixtune " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = _reproducing_command(argv if argv is not None else sys.argv[1:])
     report = write_report(cfg, publish=args.publish, command=command)
     print(report.read_text())
     print(f"report: {report}")
@@ -35,3 +35,20 @@ def run_compare(args: Any, argv: list[str] | None = None) -> int:
         print(f"{len(failed)} run(s) failed: " + ", ".join(f["name"] for f in failed), file=sys.stderr)
         return 1
     return 0
+
+
+#: options that only change what is printed while the command runs, not what it produces
+_LOGGING_FLAGS = {"-q", "--quiet", "-v", "--verbose"}
+
+
+def _reproducing_command(argv: list[str]) -> str:
+    """The command line a report names as its source: ``argv`` without the logging options."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--log-level":
+            skip = True
+        elif a not in _LOGGING_FLAGS and not a.startswith("--log-level="):
+            kept.append(a)
+    return "prefixtune " + " ".join(shlex.quote(a) for a in kept)
