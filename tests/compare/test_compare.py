@@ -226,7 +226,10 @@ def test_quiet_hides_the_comparison_progress_bar(tmp_path, monkeypatch, capsys, 
     ["compare", "--log-level", "debug", "--config", "c.yaml", "--report-only"],
     ["compare", "--config", "c.yaml", "--log-level=error", "--report-only"],
 ])
-def test_the_reports_command_leaves_out_the_logging_options(argv):
-    from prefixtune.compare.commands import _reproducing_command
-
-    assert _reproducing_command(argv) == "prefixtune compare --config c.yaml --report-only"
+def test_the_reports_command_leaves_out_the_logging_options(tiny_dir, e2e_dir, tmp_path, monkeypatch, argv):
+    """The "Command:" line of a published report: what reproduces it, without -q/-v/--log-level."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(comparison(tiny_dir, e2e_dir, tmp_path / "cmp")))
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--publish", "page.md"]) == 0
+    assert "Command: `prefixtune compare --config c.yaml --report-only --publish page.md`" in (tmp_path / "page.md").read_text()

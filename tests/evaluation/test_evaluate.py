@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -85,3 +86,14 @@ def test_classify_texts_predicts_what_evaluate_scores(tiny_bert_dir, tmp_path, p
     predicted = ev.classify_texts(model, tok, texts, spec.labels, max_length=24, batch_size=7)
     assert predicted == [r["prediction"] for r in records]
     assert len(set(predicted)) == 2  # the labels differ between inputs: the comparison means something
+
+
+@pytest.mark.parametrize("level, shown", [(logging.INFO, True), (logging.WARNING, False)])
+def test_the_generating_bar_obeys_quiet(tiny_dir, monkeypatch, capsys, level, shown):
+    """Four or more batches draw a "generating" bar, except under ``-q`` (as training's bar)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    monkeypatch.setattr(logging.getLogger("prefixtune"), "level", level)
+    ev.generate_texts(model, tok, ["a", "b", "c", "d"], batch_size=1, max_new_tokens=1, stop=())
+    assert ("generating" in capsys.readouterr().err) is shown

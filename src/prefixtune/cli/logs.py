@@ -15,6 +15,9 @@ import sys
 from typing import Mapping
 
 LEVELS = ("debug", "info", "warning", "error")
+#: the command line's logging options: ``--log-level LEVEL``, and the flags that stand for a level
+LEVEL_OPTION = "--log-level"
+LEVEL_FLAGS = {("-v", "--verbose"): "debug", ("-q", "--quiet"): "warning"}
 #: where launchers put a process's rank and the number of processes (torchrun / accelerate, then MPI)
 RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -41,6 +44,20 @@ class StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the property ignores it
         pass
+
+
+def without_logging_options(argv: list[str]) -> list[str]:
+    """``argv`` less its logging options (they change what a run prints, not what it produces)."""
+    flags = {f for names in LEVEL_FLAGS for f in names}
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == LEVEL_OPTION:
+            skip = True
+        elif a not in flags and not a.startswith(LEVEL_OPTION + "="):
+            kept.append(a)
+    return kept
 
 
 def configure_logging(level: str = "info", environ: Mapping[str, str] = os.environ) -> logging.Logger:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prefixtune.cli.logs import LEVELS, configure_logging
+from prefixtune.cli.logs import LEVEL_FLAGS, LEVEL_OPTION, LEVELS, configure_logging
 from prefixtune.cli.options import Parser, UsageError, bounded
 from prefixtune.train.guard import DivergedError
 
@@ -59,13 +59,13 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
 def _add_logging_options(parser: argparse.ArgumentParser) -> None:
     """``--log-level``, ``-v`` (debug) and ``-q`` (warning); the default is info (see :mod:`prefixtune.cli.logs`)."""
     levels = parser.add_mutually_exclusive_group()
-    levels.add_argument("--log-level", choices=LEVELS, default=argparse.SUPPRESS,
+    levels.add_argument(LEVEL_OPTION, choices=LEVELS, default=argparse.SUPPRESS,
                         help="progress messages on stderr from this level up (default: info; "
                              "the processes other than the main one log warnings and errors only)")
-    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const="debug",
-                        default=argparse.SUPPRESS, help="the same as --log-level debug")
-    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const="warning",
-                        default=argparse.SUPPRESS, help="the same as --log-level warning (no progress bar either)")
+    for names, level in LEVEL_FLAGS.items():
+        levels.add_argument(*names, dest="log_level", action="store_const", const=level, default=argparse.SUPPRESS,
+                            help=f"the same as {LEVEL_OPTION} {level}"
+                                 + (" (no progress bar either)" if level == "warning" else ""))
 
 
 #: an argparse type for counts: an int >= 1

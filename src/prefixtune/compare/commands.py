@@ -6,6 +6,7 @@ import shlex
 import sys
 from typing import Any
 
+from prefixtune.cli.logs import without_logging_options
 from prefixtune.compare.config import CompareConfig
 from prefixtune.compare.report import write_report
 from prefixtune.compare.runner import is_finished, run_comparison
@@ -27,7 +28,7 @@ def run_compare(args: Any, argv: list[str] | None = None) -> int:
     if not args.report_only:
         statuses = run_comparison(cfg, only=args.only)
         failed = [s for s in statuses if s["status"] == "failed"]
-    command = _reproducing_command(argv if argv is not None else sys.argv[1:])
+    command = "prefixtune " + shlex.join(without_logging_options(argv if argv is not None else sys.argv[1:]))
     report = write_report(cfg, publish=args.publish, command=command)
     print(report.read_text())
     print(f"report: {report}")
@@ -36,19 +37,3 @@ def run_compare(args: Any, argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-#: options that only change what is printed while the command runs, not what it produces
-_LOGGING_FLAGS = {"-q", "--quiet", "-v", "--verbose"}
-
-
-def _reproducing_command(argv: list[str]) -> str:
-    """The command line a report names as its source: ``argv`` without the logging options."""
-    kept, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--log-level":
-            skip = True
-        elif a not in _LOGGING_FLAGS and not a.startswith("--log-level="):
-            kept.append(a)
-    return "prefixtune " + " ".join(shlex.quote(a) for a in kept)

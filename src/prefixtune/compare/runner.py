@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from prefixtune import progress
 from prefixtune.compare.config import CompareConfig, RunSpec
 from prefixtune.extras import require
 from prefixtune.train import precision
@@ -100,7 +101,6 @@ def run_one(spec: RunSpec, on_progress: Callable[[str], None] = lambda s: None, 
 
 def run_comparison(cfg: CompareConfig, only: str | None = None) -> list[dict[str, Any]]:
     """Run every unfinished run (``only``: those whose name contains this text); returns one status per run."""
-    tqdm = require("tqdm.auto", "train", "comparison").tqdm
     redirect = require("tqdm.contrib.logging", "train", "comparison").logging_redirect_tqdm
 
     specs = [s for s in cfg.runs() if only is None or only in s.name]
@@ -114,8 +114,7 @@ def run_comparison(cfg: CompareConfig, only: str | None = None) -> list[dict[str
         log.info(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; skipping them")
     statuses = [{"name": s.name, "status": "finished"} for s in specs if is_finished(s)]
     with redirect(loggers=[logging.root, logging.getLogger("prefixtune")]):  # log lines above the bar
-        quiet = logging.getLogger("prefixtune").level > logging.INFO  # -q: no bar either
-        bar = tqdm(todo, desc=f"comparison {cfg.name}", unit="run", disable=quiet)
+        bar = progress.bar(todo, what="comparison", desc=f"comparison {cfg.name}", unit="run")
         for spec in bar:
             bar.set_description(f"{cfg.name}: {spec.name}")
             t0 = time.perf_counter()

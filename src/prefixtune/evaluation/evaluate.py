@@ -7,11 +7,11 @@ from typing import Any, Sequence
 import torch
 from transformers import LogitsProcessorList
 
+from prefixtune import progress
 from prefixtune.data.batching import collate, encode
 from prefixtune.data.tasks import Task
 from prefixtune.evaluation.loss import batch_loss
 from prefixtune.evaluation.metrics import classification_scores, generation_scores
-from prefixtune.extras import require
 from prefixtune.evaluation.repeats import NoRepeatInOutput
 from prefixtune.evaluation.stops import cut_at_stop
 
@@ -40,10 +40,9 @@ def generate_texts(model: Any, tokenizer: Any, prompts: Sequence[str], batch_siz
     try:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
         texts: dict[int, str] = {}
-        tqdm = require("tqdm.auto", "train", "evaluation").tqdm
-
         starts = range(0, len(order), batch_size)
-        for start in tqdm(starts, desc="generating", unit="batch", disable=len(starts) < 4, leave=False):
+        for start in progress.bar(starts, hide=len(starts) < 4, what="evaluation", desc="generating", unit="batch",
+                                  leave=False):
             idx = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True)
             enc = {k: v.to(next(model.parameters()).device) for k, v in enc.items() if k != "token_type_ids"}

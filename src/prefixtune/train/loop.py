@@ -39,6 +39,7 @@ from prefixtune.data.tasks import Task, TaskSpec, load_task
 from prefixtune.evaluation import evaluate as evaluation  # the module: tests script its evaluate()
 from prefixtune.evaluation.loss import batch_loss
 from prefixtune.io.files import atomic_write
+from prefixtune import progress as bars  # "progress" is the steps-state dict here
 from prefixtune.extras import require
 from prefixtune.hf.boundary import accepts_logits_to_keep, contiguous_head_input
 from prefixtune.train import distributed, guard, logs, lr_search, methods, precision, rundir, trackers
@@ -442,13 +443,12 @@ def announce(run: Run) -> None:
 def run_steps(run: Run, start: int, progress: dict[str, Any], stop_after: int | None) -> tuple[int, bool]:
     """The training steps from ``start`` (a step, then maybe an evaluation, a stop, a checkpoint)
     with a progress bar on rank 0; returns the steps done and whether ``stop_after`` cut them short."""
-    tqdm = require("tqdm.auto", "train", "training").tqdm
     cfg = run.cfg
     current = start
     stopped = bool(progress.get("stopped"))  # a resumed run that had already stopped trains no more
-    quiet = logging.getLogger("prefixtune").level > logging.INFO  # -q: no bar either
-    bar = tqdm(range(start, start if stopped else cfg.steps), desc=f"training {cfg.method} on {run.spec.name}",
-               unit="step", disable=quiet or not run.main, initial=start, total=cfg.steps)
+    bar = bars.bar(range(start, start if stopped else cfg.steps), hide=not run.main, what="training",
+                   desc=f"training {cfg.method} on {run.spec.name}", unit="step", initial=start,
+                   total=cfg.steps)
     for done_here, step in enumerate(bar, 1):
         row = train_step(run, step, progress)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
